@@ -1,0 +1,419 @@
+"""The task state machine: which test runs where and when.
+
+Every task sits in exactly one queue::
+
+    requested --bootstrap--> triaging --triage--> ready --start--> started --> finished
+                                          \\--(invalid, impossible)--------------^
+    ready, triaging, requested --abort--> finished
+
+``bootstrap`` starts the workers and moves requested tasks to triage;
+``triage`` finishes what can never run (a bad declaration, more slots than
+exist); ``start`` gives each idle worker the first ready task whose
+resources can be granted; the ``monitor`` side is the event methods
+(:meth:`StateMachine.worker_ready`, :meth:`~StateMachine.reached_teardown`,
+:meth:`~StateMachine.task_done`, :meth:`~StateMachine.worker_died`,
+:meth:`~StateMachine.tick`).  Every finished task carries a :class:`Reason`.
+
+A worked example with one exclusive "db", tasks ``a`` and ``b`` both on
+"db", ``c`` free, workers gw0 and gw1:
+
+1. ``start``: gw0 gets ``a`` (grants db).  For gw1, ``b`` cannot be granted
+   and becomes a *claim*: no later task that conflicts with "db" may start
+   before it (so a stream of shared readers cannot starve it).  ``c`` does
+   not conflict and goes to gw1.
+2. gw0 reports that ``a`` reached its teardown and asks for its next test.
+   ``b`` can be granted if ``a``'s hold is handed over, so gw0 gets ``b``
+   while ``a`` still holds "db" until its teardown is done: ``a``'s
+   fixtures end inside ``a``'s hold, ``b``'s start inside ``b``'s, and
+   nobody else can take "db" in between.  Because ``b``'s grant covers
+   ``a``'s, the worker may keep the fixtures they share.
+3. If nothing could be granted, gw0 is told so: it ends every fixture
+   narrower than session scope inside ``a``'s hold, and ``a``'s resources
+   are released when its teardown is done.
+
+The machine is pure: it imports neither pytest nor execnet, talks to the
+processes through the :class:`Spawner` protocol, and takes the time as a
+parameter, so it is tested with a fake spawner and a fake clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, final
+
+from .resources import FREE, Grant, LockTable, Mode, Requirement
+
+__all__ = ["Reason", "Spawner", "StateMachine", "Task", "WorkerPhase"]
+
+
+@final
+class Reason(enum.Enum):
+    """Why a task is finished."""
+
+    COMPLETED = "completed"
+    INVALID = "invalid resource declaration"
+    IMPOSSIBLE = "impossible resource request"
+    CRASHED = "worker crashed"
+    TIMEOUT = "timed out"
+    ABORTED = "not run"
+
+
+@final
+@dataclass(eq=False, slots=True)
+class Task:
+    """One test to run, and where it is in its life."""
+
+    #: Position in the collected items; the key in the lock table.
+    id: int
+    #: The test's node id, for messages.
+    name: str
+    requirement: Requirement = FREE
+    #: A declaration error found at collection, finished in triage.
+    error: str | None = None
+    worker: str | None = None
+    grant: Grant | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    reason: Reason | None = None
+    #: Human detail of the reason: the crash cause, the abort cause, ...
+    detail: str = ""
+
+
+@final
+class WorkerPhase(enum.Enum):
+    """Where one worker process is in its life."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    KILLING = "killing"
+    GONE = "gone"
+
+
+class Spawner(Protocol):
+    """What the state machine asks of the processes; :mod:`.spawner` implements it."""
+
+    def start_worker(self, worker: str) -> None:
+        """Start (or restart) a worker; ``worker_ready`` or ``worker_died`` follows."""
+
+    def send_next(self, worker: str, task: Task | None, keep_fixtures: bool, final: bool) -> None:
+        """Tell a worker which task to run next (None: nothing for now).
+
+        ``keep_fixtures``: fixtures of the previous task may live on into
+        ``task``; otherwise everything narrower than session scope ends first.
+        ``final``: nothing more will come soon, so end session fixtures too.
+        """
+
+    def kill_worker(self, worker: str) -> None:
+        """End a worker at once; ``worker_died`` follows."""
+
+    def stop_worker(self, worker: str) -> None:
+        """Shut an idle worker down cleanly at the end of the run."""
+
+
+@dataclass(slots=True)
+class _Worker:
+    name: str
+    phase: WorkerPhase = WorkerPhase.STARTING
+    #: The task the worker is running now.
+    running: Task | None = None
+    #: A task handed over to follow ``running`` once its teardown is done.
+    queued: Task | None = None
+    #: Why the worker is being killed, with a detail, while KILLING.
+    kill_reason: tuple[Reason, str] | None = None
+
+
+@dataclass(slots=True)
+class _Queues:
+    requested: list[Task] = field(default_factory=list)
+    triaging: list[Task] = field(default_factory=list)
+    ready: list[Task] = field(default_factory=list)
+    started: dict[int, Task] = field(default_factory=dict)
+    finished: list[Task] = field(default_factory=list)
+
+
+def _claim_blocks(claim: Requirement, requirement: Requirement) -> bool:
+    """Return whether a waiting task's claim keeps ``requirement`` from starting.
+
+    A waiting serial task holds back everything after it; otherwise two
+    requirements collide on any resource they do not both merely share.
+    """
+    if claim.serial or requirement.serial:
+        return True
+    claimed = {r.name: r.mode for r in claim.requests}
+    for request in requirement.requests:
+        mode = claimed.get(request.name)
+        if mode is not None and not (mode is Mode.SHARED and request.mode is Mode.SHARED):
+            return True
+    return False
+
+
+@final
+class StateMachine:
+    """The life cycle of every task of one run; see the module docstring."""
+
+    def __init__(
+        self,
+        tasks: Iterable[Task],
+        table: LockTable,
+        spawner: Spawner,
+        workers: Sequence[str],
+        *,
+        task_timeout: float | None = None,
+        max_restarts: int = 0,
+    ) -> None:
+        #: The queues; each task is in exactly one of them.
+        self.queues = _Queues(requested=list(tasks))
+        #: Grants of running (and handed-over) tasks, keyed by task id.
+        self.table = table
+        self._spawner = spawner
+        #: Worker states by name, in start order.
+        self._workers = {name: _Worker(name) for name in workers}
+        #: Seconds a task may take from start to the end of its teardown.
+        self._task_timeout = task_timeout
+        #: How many worker replacements are allowed before the run is aborted.
+        self._max_restarts = max_restarts
+        #: How many workers have been replaced so far.
+        self.restarts = 0
+        #: Why no further task may start, once ``abort`` was called.
+        self.aborted: tuple[Reason, str] | None = None
+        self._bootstrapped = False
+
+    # -- queries -------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """Return whether every task is finished."""
+        q = self.queues
+        return not (q.requested or q.triaging or q.ready or q.started)
+
+    @property
+    def finished(self) -> list[Task]:
+        """The finished tasks, in the order they finished."""
+        return self.queues.finished
+
+    def phase(self, worker: str) -> WorkerPhase:
+        """Return a worker's phase."""
+        return self._workers[worker].phase
+
+    def live_workers(self) -> list[str]:
+        """Return the workers that have a process (not GONE)."""
+        return [w.name for w in self._workers.values() if w.phase is not WorkerPhase.GONE]
+
+    def next_deadline(self) -> float | None:
+        """Return the earliest time at which a running task times out."""
+        deadlines = [d for d in map(self._deadline, self._workers.values()) if d is not None]
+        return min(deadlines, default=None)
+
+    def _deadline(self, worker: _Worker) -> float | None:
+        """Return when a busy worker's task times out (one expression for
+        :meth:`next_deadline` and :meth:`tick`, so rounding cannot split them)."""
+        task = worker.running
+        if self._task_timeout is None or worker.phase is not WorkerPhase.BUSY or task is None:
+            return None
+        if task.started_at is None:
+            return None
+        return task.started_at + self._task_timeout
+
+    # -- the loop ------------------------------------------------------------
+
+    def step(self, now: float) -> None:
+        """Run bootstrap, triage and start once."""
+        self.bootstrap(now)
+        self.triage(now)
+        self.start(now)
+
+    def bootstrap(self, now: float) -> None:
+        """Start the workers once, and move requested tasks to triage."""
+        if not self._bootstrapped:
+            self._bootstrapped = True
+            if self.queues.requested:
+                for worker in self._workers.values():
+                    self._spawner.start_worker(worker.name)
+            else:
+                for worker in self._workers.values():
+                    worker.phase = WorkerPhase.GONE
+        self.queues.triaging.extend(self.queues.requested)
+        self.queues.requested.clear()
+
+    def triage(self, now: float) -> None:
+        """Finish what can never run; the rest becomes ready."""
+        for task in self.queues.triaging:
+            if task.error is not None:
+                self._finish(task, now, Reason.INVALID, task.error)
+                continue
+            impossible = self.table.impossible(task.requirement)
+            if impossible is not None:
+                self._finish(task, now, Reason.IMPOSSIBLE, impossible)
+            else:
+                self.queues.ready.append(task)
+        self.queues.triaging.clear()
+
+    def start(self, now: float) -> None:
+        """Give every idle worker the next task that can be granted."""
+        for worker in self._workers.values():
+            if worker.phase is not WorkerPhase.IDLE:
+                continue
+            task = self._pick(replacing=None)
+            if task is None:
+                break
+            self._dispatch(task, worker, now, replacing=None)
+            self._spawner.send_next(worker.name, task, keep_fixtures=False, final=False)
+
+    def abort(self, reason: Reason, detail: str, now: float) -> None:
+        """Finish every task that has not started; running tasks go on."""
+        if self.aborted is None:
+            self.aborted = (reason, detail)
+        for queue in (self.queues.requested, self.queues.triaging, self.queues.ready):
+            self.abort_queue(queue, reason, detail, now)
+
+    def abort_queue(self, queue: list[Task], reason: Reason, detail: str, now: float) -> None:
+        """Finish every task of one not-started queue with ``reason``."""
+        for task in queue:
+            self._finish(task, now, reason, detail)
+        queue.clear()
+
+    # -- monitor: events from the workers ------------------------------------
+
+    def worker_ready(self, worker: str, now: float) -> None:
+        """A worker finished starting and waits for work."""
+        state = self._workers[worker]
+        assert state.phase is WorkerPhase.STARTING, (worker, state.phase)
+        state.phase = WorkerPhase.IDLE
+        self.start(now)
+
+    def reached_teardown(self, worker: str, task_id: int, now: float) -> None:
+        """A worker's task reached its teardown and the worker asks what follows.
+
+        Answered at once, never by waiting: either a task handed over from
+        this one, or nothing (the worker then ends what the hold covered).
+        """
+        state = self._workers[worker]
+        current = state.running
+        assert current is not None and current.id == task_id, (worker, task_id)
+        assert state.queued is None
+        if state.phase is not WorkerPhase.BUSY:
+            return  # being killed: the answer would never be read
+        task = self._pick(replacing=current)
+        if task is None:
+            self._spawner.send_next(worker, None, keep_fixtures=False, final=self._nothing_waits())
+            return
+        grant = self._dispatch(task, state, now, replacing=current)
+        assert current.grant is not None
+        state.queued = task
+        self._spawner.send_next(worker, task, keep_fixtures=grant.covers(current.grant), final=False)
+
+    def task_done(self, worker: str, task_id: int, now: float) -> None:
+        """A worker finished a task's teardown."""
+        state = self._workers[worker]
+        current = state.running
+        assert current is not None and current.id == task_id, (worker, task_id)
+        self._finish(current, now, Reason.COMPLETED, "")
+        if state.queued is not None:
+            state.running, state.queued = state.queued, None
+            state.running.started_at = now
+        else:
+            state.running = None
+            if state.phase is WorkerPhase.BUSY:
+                state.phase = WorkerPhase.IDLE
+        self.start(now)
+
+    def worker_died(self, worker: str, cause: str, now: float) -> None:
+        """A worker process ended unexpectedly (or as we asked, when killing it)."""
+        state = self._workers[worker]
+        if state.phase is WorkerPhase.GONE:
+            return
+        reason, detail = state.kill_reason or (Reason.CRASHED, f"worker {worker} crashed: {cause}")
+        if state.running is not None:
+            self._finish(state.running, now, reason, detail)
+        if state.queued is not None:
+            self._requeue(state.queued)
+        state.running = state.queued = state.kill_reason = None
+        if self.done or self.aborted is not None:
+            state.phase = WorkerPhase.GONE
+            return
+        self.restarts += 1
+        if self.restarts > self._max_restarts:
+            state.phase = WorkerPhase.GONE
+            self.abort(
+                Reason.ABORTED,
+                f"worker restart limit reached ({self._max_restarts}, see --max-worker-restart)",
+                now,
+            )
+            return
+        state.phase = WorkerPhase.STARTING
+        self._spawner.start_worker(worker)
+
+    def worker_stopped(self, worker: str) -> None:
+        """A worker shut down cleanly at the end."""
+        self._workers[worker].phase = WorkerPhase.GONE
+
+    def tick(self, now: float) -> None:
+        """Kill the workers whose task ran past the task timeout."""
+        for state in self._workers.values():
+            deadline = self._deadline(state)
+            if deadline is not None and now >= deadline:
+                state.phase = WorkerPhase.KILLING
+                state.kill_reason = (
+                    Reason.TIMEOUT,
+                    f"timed out after {self._task_timeout:g} s on {state.name}",
+                )
+                self._spawner.kill_worker(state.name)
+
+    def shutdown(self) -> None:
+        """Stop every idle worker; call once the run is done."""
+        for state in self._workers.values():
+            if state.phase is WorkerPhase.IDLE or state.phase is WorkerPhase.STARTING:
+                self._spawner.stop_worker(state.name)
+                state.phase = WorkerPhase.GONE
+
+    # -- implementation ------------------------------------------------------
+
+    def _nothing_waits(self) -> bool:
+        q = self.queues
+        return not (q.requested or q.triaging or q.ready)
+
+    def _pick(self, replacing: Task | None) -> Task | None:
+        """Return the first ready task that can start now, honouring claims."""
+        if self.aborted is not None:
+            return None
+        holder = None if replacing is None else replacing.id
+        claims: list[Requirement] = []
+        for index, task in enumerate(self.queues.ready):
+            requirement = task.requirement
+            if any(_claim_blocks(c, requirement) for c in claims):
+                continue
+            if self.table.can_grant(requirement, replacing=holder):
+                del self.queues.ready[index]
+                return task
+            if requirement.serial:
+                return None  # nothing may pass a waiting serial task
+            claims.append(requirement)
+        return None
+
+    def _dispatch(self, task: Task, worker: _Worker, now: float, replacing: Task | None) -> Grant:
+        task.grant = self.table.grant(task.id, task.requirement, None if replacing is None else replacing.id)
+        task.worker = worker.name
+        self.queues.started[task.id] = task
+        if replacing is None:
+            task.started_at = now
+            worker.running = task
+            worker.phase = WorkerPhase.BUSY
+        return task.grant
+
+    def _requeue(self, task: Task) -> None:
+        """Put a handed-over task that never began back at the front."""
+        self.table.release(task.id)
+        del self.queues.started[task.id]
+        task.worker = task.grant = task.started_at = None
+        self.queues.ready.insert(0, task)
+
+    def _finish(self, task: Task, now: float, reason: Reason, detail: str) -> None:
+        self.table.release(task.id)
+        self.queues.started.pop(task.id, None)
+        task.finished_at = now
+        task.reason = reason
+        task.detail = detail
+        self.queues.finished.append(task)

@@ -1,0 +1,227 @@
+"""The resource model: marker parsing, capacities, and the lock table."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_restask.resources import (
+    Grant,
+    LockTable,
+    Mode,
+    Request,
+    Requirement,
+    ResourceError,
+    merge_requests,
+    parse_capacities,
+    parse_resource_marker,
+    parse_serial_marker,
+    slot_env_name,
+)
+
+
+def req(*requests: Request, serial: bool = False) -> Requirement:
+    return merge_requests(requests, serial)
+
+
+EX = Mode.EXCLUSIVE
+SH = Mode.SHARED
+CO = Mode.COUNTED
+
+
+class TestParseMarker:
+    def test_modes(self) -> None:
+        assert parse_resource_marker(("db",), {}) == [Request("db", EX)]
+        assert parse_resource_marker(("db", "cache"), {"shared": True}) == [
+            Request("db", SH),
+            Request("cache", SH),
+        ]
+        assert parse_resource_marker(("gpu",), {"slots": 2}) == [Request("gpu", CO, 2)]
+
+    @pytest.mark.parametrize(
+        ("args", "kwargs", "message"),
+        [
+            ((), {}, "needs at least one resource name"),
+            ((42,), {}, "resource names must be strings, got 42 (int)"),
+            (("",), {}, "must not be empty"),
+            (("db",), {"exclusive": True}, "unknown keyword 'exclusive'"),
+            (("db",), {"slots": 0}, "slots= must be a whole number of at least 1, got 0"),
+            (("db",), {"slots": 1.5}, "got 1.5"),
+            (("db",), {"slots": True}, "got True"),
+            (("db",), {"shared": "yes"}, "shared= must be True or False"),
+            (("db",), {"shared": True, "slots": 1}, "cannot be combined"),
+        ],
+    )
+    def test_bad(self, args: tuple[object, ...], kwargs: dict[str, object], message: str) -> None:
+        with pytest.raises(ResourceError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            parse_resource_marker(args, kwargs)
+
+    def test_serial_takes_no_arguments(self) -> None:
+        parse_serial_marker((), {})
+        with pytest.raises(ResourceError, match="takes no arguments"):
+            parse_serial_marker(("db",), {})
+
+
+def test_strongest_wins() -> None:
+    merged = merge_requests(
+        [Request("db", SH), Request("gpu", CO, 1), Request("db", EX), Request("gpu", CO, 2), Request("a", SH)]
+    )
+    assert merged.requests == (Request("a", SH), Request("db", EX), Request("gpu", CO, 2))
+    assert merge_requests([Request("x", SH), Request("x", CO, 1)]).requests == (Request("x", CO, 1),)
+
+
+class TestCapacities:
+    def test_parse(self) -> None:
+        assert parse_capacities(["gpu: 2", "", "# comment", "port-pool :4"]) == {"gpu": 2, "port-pool": 4}
+
+    @pytest.mark.parametrize(
+        ("line", "message"),
+        [
+            ("gpu 2", "line 'gpu 2' is not of the form 'name: capacity'"),
+            ("gpu: two", "capacity must be a whole number of at least 1, got 'two'"),
+            ("gpu: 0", "got '0'"),
+            ("gpu: 2 3", "not of the form"),
+        ],
+    )
+    def test_bad(self, line: str, message: str) -> None:
+        with pytest.raises(ResourceError, match=message):
+            parse_capacities([line])
+
+    def test_twice(self) -> None:
+        with pytest.raises(ResourceError, match="'gpu' is declared twice"):
+            parse_capacities(["gpu: 1", "gpu: 2"])
+
+
+def test_slot_env_name() -> None:
+    assert slot_env_name("gpu") == "RESTASK_SLOTS_GPU"
+    assert slot_env_name("port-pool.v4") == "RESTASK_SLOTS_PORT_POOL_V4"
+
+
+class TestLockTable:
+    def test_exclusive_and_shared(self) -> None:
+        table = LockTable()
+        table.grant(1, req(Request("db", SH)))
+        assert table.can_grant(req(Request("db", SH)))
+        assert not table.can_grant(req(Request("db", EX)))
+        assert table.can_grant(req(Request("other", EX)))
+
+    def test_counted_lowest_slots_first(self) -> None:
+        table = LockTable({"gpu": 3})
+        assert table.grant(1, req(Request("gpu", CO, 1))).slots == {"gpu": (0,)}
+        assert table.grant(2, req(Request("gpu", CO, 1))).slots == {"gpu": (1,)}
+        table.release(1)
+        assert table.grant(3, req(Request("gpu", CO, 2))).slots == {"gpu": (0, 2)}
+        assert not table.can_grant(req(Request("gpu", CO, 1)))
+
+    def test_counted_excludes_other_modes(self) -> None:
+        table = LockTable({"gpu": 2})
+        table.grant(1, req(Request("gpu", CO, 1)))
+        assert not table.can_grant(req(Request("gpu", SH)))
+        assert not table.can_grant(req(Request("gpu", EX)))
+
+    def test_serial(self) -> None:
+        table = LockTable()
+        table.grant(1, req())
+        assert not table.can_grant(req(serial=True))
+        table.release(1)
+        table.grant(2, req(serial=True))
+        assert not table.can_grant(req())
+
+    def test_grant_is_atomic(self) -> None:
+        table = LockTable()
+        table.grant(1, req(Request("b", EX)))
+        with pytest.raises(RuntimeError, match="cannot grant"):
+            table.grant(2, req(Request("a", EX), Request("b", EX)))
+        assert table.can_grant(req(Request("a", EX)))
+
+    def test_impossible(self) -> None:
+        table = LockTable({"gpu": 2})
+        assert table.impossible(req(Request("gpu", CO, 2))) is None
+        message = table.impossible(req(Request("gpu", CO, 3)))
+        assert message is not None
+        assert "asks for 3 slots of 'gpu', but its capacity is 2" in message
+
+    def test_hand_over(self) -> None:
+        table = LockTable({"gpu": 1})
+        table.grant("a", req(Request("gpu", CO, 1), Request("db", EX)))
+        assert not table.can_grant(req(Request("db", EX)))
+        grant = table.grant("b", req(Request("gpu", CO, 1), Request("db", EX)), replacing="a")
+        assert grant.slots == {"gpu": (0,)}
+        # both holds stand until "a" has released: nobody else gets in
+        assert not table.can_grant(req(Request("db", SH)))
+        table.release("a")
+        assert not table.can_grant(req(Request("db", SH)))
+        table.release("b")
+        assert table.is_empty()
+
+    def test_covers(self) -> None:
+        db_ex = Grant(req(Request("db", EX)))
+        db_sh = Grant(req(Request("db", SH)))
+        gpu0 = Grant(req(Request("gpu", CO, 1)), {"gpu": (0,)})
+        gpu1 = Grant(req(Request("gpu", CO, 1)), {"gpu": (1,)})
+        free = Grant(req())
+        assert db_ex.covers(db_sh) and not db_sh.covers(db_ex)
+        assert db_ex.covers(free) and not free.covers(db_ex)
+        assert gpu0.covers(gpu0) and not gpu1.covers(gpu0)
+        assert not free.covers(Grant(req(serial=True)))
+
+
+names = st.sampled_from(["a", "b", "c"])
+requests = st.one_of(
+    st.builds(Request, names, st.sampled_from([EX, SH])),
+    st.builds(lambda n, k: Request(n, CO, k), names, st.integers(1, 3)),
+)
+requirements = st.builds(merge_requests, st.lists(requests, max_size=3)) | st.just(Requirement(serial=True))
+
+
+def _holds_consistent(table: LockTable) -> None:
+    """The compatibility rule, checked from the outside over all holders."""
+    held = list(table.holders())
+    if len(held) > 1:
+        assert not any(g.requirement.serial for _, g in held)
+    by_name: dict[str, list[tuple[Request, Grant]]] = {}
+    for _, grant in held:
+        for request in grant.requirement.requests:
+            by_name.setdefault(request.name, []).append((request, grant))
+    for name, users in by_name.items():
+        modes = {r.mode for r, _ in users}
+        if len(users) > 1:
+            assert EX not in modes and len(modes) == 1, (name, users)
+        if modes == {CO}:
+            slots = [s for _, g in users for s in g.slots[name]]
+            assert len(slots) == len(set(slots)) == sum(r.slots for r, _ in users)
+            assert all(0 <= s < table.capacity(name) for s in slots)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), requirements), max_size=40))
+def test_random_sequences_keep_the_rule(ops: list[tuple[bool, Requirement]]) -> None:
+    table = LockTable({"a": 3, "b": 2})
+    held: list[int] = []
+    for key, (release, requirement) in enumerate(ops):
+        if release and held:
+            before = {h: g for h, g in table.holders()}
+            victim = held.pop(0)
+            granted = table.release(victim)
+            assert granted is not None
+            assert {h: g for h, g in table.holders()} == {h: g for h, g in before.items() if h != victim}
+        elif table.impossible(requirement) is None and table.can_grant(requirement):
+            snapshot = dict(table.holders())
+            table.grant(key, requirement)
+            held.append(key)
+            _holds_consistent(table)
+            # release restores the state exactly
+            table.release(key)
+            assert dict(table.holders()) == snapshot
+            table.grant(key, requirement)
+        else:
+            snapshot = dict(table.holders())
+            if table.impossible(requirement) is None:
+                with pytest.raises(RuntimeError):
+                    table.grant(key, requirement)
+            assert dict(table.holders()) == snapshot
+        _holds_consistent(table)
+    for key in held:
+        table.release(key)
+    assert table.is_empty()

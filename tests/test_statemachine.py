@@ -1,0 +1,185 @@
+"""The state machine, with a fake spawner and a fake clock: no processes."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_restask.resources import Mode, Request, Requirement, merge_requests
+from pytest_restask.statemachine import Reason, WorkerPhase
+
+from .simulation import Plan, SimSpawner, conflicts, make_machine
+
+EX, SH, CO = Mode.EXCLUSIVE, Mode.SHARED, Mode.COUNTED
+SimSpawnerStartup = SimSpawner.startup
+
+
+def needs(*requests: Request, serial: bool = False) -> Requirement:
+    return merge_requests(requests, serial)
+
+
+def test_conflicting_tasks_run_one_after_another() -> None:
+    reqs = [needs(Request("db", EX))] * 3 + [needs()] * 3
+    sm, sim = make_machine(reqs, [Plan(body=1.0)] * 6, workers=3)
+    sim.run(sm)
+    assert sm.done and sm.table.is_empty()
+    assert [t.reason for t in sm.finished].count(Reason.COMPLETED) == 6
+    assert conflicts(sim.intervals, reqs) == []
+    db = sorted(i.start for i in sim.intervals if reqs[i.task].requests)
+    assert db[1] - db[0] >= 1.0 and db[2] - db[1] >= 1.0
+
+
+def test_hand_over_keeps_fixtures_only_when_covered() -> None:
+    reqs = [needs(Request("db", EX)), needs(Request("db", EX)), needs()]
+    sm, sim = make_machine(reqs, [Plan(body=1.0, teardown=0.5)] * 3, workers=1)
+    sim.run(sm)
+    # gw0: t0, then t1 handed over with db (covers t0), then t2 (free: does not cover)
+    assert sim.answers == [("gw0", 0, False, False), ("gw0", 1, True, False), ("gw0", 2, False, False), ("gw0", None, False, True)]
+    assert conflicts(sim.intervals, reqs) == []
+
+
+def test_triage_finishes_invalid_and_impossible() -> None:
+    reqs = [needs(Request("gpu", CO, 3)), needs()]
+    sm, sim = make_machine(reqs, [Plan()] * 2, workers=1, capacities={"gpu": 2})
+    sm.queues.requested[1].error = "bad marker"
+    sim.run(sm)
+    reasons = {t.id: (t.reason, t.detail) for t in sm.finished}
+    assert reasons[0][0] is Reason.IMPOSSIBLE and "capacity is 2" in reasons[0][1]
+    assert reasons[1] == (Reason.INVALID, "bad marker")
+    assert sim.intervals == []
+
+
+def test_nothing_to_run_starts_no_worker() -> None:
+    sm, sim = make_machine([], [], workers=4)
+    sim.run(sm)
+    assert sim.starts == 0 and sm.done
+
+
+def test_waiting_exclusive_task_is_not_starved_by_shared_readers() -> None:
+    # a reader holds db, then an exclusive writer waits, then many more readers
+    reqs = [needs(Request("db", SH)), needs(Request("db", EX))] + [needs(Request("db", SH))] * 20
+    plans = [Plan(body=2.0), Plan(body=1.0)] + [Plan(body=2.0)] * 20
+    sm, sim = make_machine(reqs, plans, workers=4)
+    sim.run(sm)
+    assert conflicts(sim.intervals, reqs) == []
+    writer = next(i for i in sim.intervals if i.task == 1)
+    # the writer starts as soon as the first reader is done, before any later reader
+    assert writer.start == SimSpawnerStartup + 2.0
+    assert all(i.start >= writer.end for i in sim.intervals if i.task >= 2)
+
+
+def test_serial_task_runs_alone_and_is_not_starved() -> None:
+    reqs = [needs(), needs(serial=True)] + [needs()] * 6
+    sm, sim = make_machine(reqs, [Plan(body=1.0)] * 8, workers=3)
+    sim.run(sm)
+    assert conflicts(sim.intervals, reqs) == []
+    serial = next(i for i in sim.intervals if i.task == 1)
+    assert serial.start == SimSpawnerStartup + 1.0
+
+
+def test_crash_costs_one_task_and_the_worker_is_replaced() -> None:
+    reqs = [needs(Request("db", EX))] * 4
+    plans = [Plan(), Plan(crash=True), Plan(), Plan()]
+    sm, sim = make_machine(reqs, plans, workers=2, max_restarts=8)
+    sim.run(sm)
+    reasons = {t.id: t.reason for t in sm.finished}
+    assert reasons == {0: Reason.COMPLETED, 1: Reason.CRASHED, 2: Reason.COMPLETED, 3: Reason.COMPLETED}
+    assert sm.restarts == 1 and sm.table.is_empty()
+    crashed = next(t for t in sm.finished if t.id == 1)
+    assert "crashed: exit code 1" in crashed.detail
+
+
+def test_timeout_kills_and_replaces() -> None:
+    reqs = [needs(Request("db", EX))] * 3
+    plans = [Plan(), Plan(hang=True), Plan()]
+    sm, sim = make_machine(reqs, plans, workers=1, task_timeout=5.0, max_restarts=4)
+    sim.run(sm)
+    hung = next(t for t in sm.finished if t.id == 1)
+    assert hung.reason is Reason.TIMEOUT and hung.detail == "timed out after 5 s on gw0"
+    assert hung.finished_at is not None and hung.started_at is not None
+    assert hung.finished_at - hung.started_at == 5.0
+    assert [t.reason for t in sm.finished].count(Reason.COMPLETED) == 2
+    assert sim.kills == 1 and sm.table.is_empty()
+
+
+def test_restart_limit_aborts_the_rest() -> None:
+    reqs = [needs()] * 6
+    plans = [Plan(crash=True)] * 6
+    sm, sim = make_machine(reqs, plans, workers=1, max_restarts=2)
+    sim.run(sm)
+    reasons = [t.reason for t in sm.finished]
+    assert reasons.count(Reason.CRASHED) == 3
+    assert reasons.count(Reason.ABORTED) == 3
+    assert "restart limit reached (2" in sm.finished[-1].detail
+    assert sm.phase("gw0") is WorkerPhase.GONE
+
+
+def test_abort_lets_running_tasks_finish() -> None:
+    reqs = [needs()] * 10
+    sm, sim = make_machine(reqs, [Plan(body=1.0)] * 10, workers=2)
+    sim.run(sm, until=0.6)  # both workers started one task each
+    sm.abort(Reason.ABORTED, "failfast", 0.6)
+    sim.run(sm)
+    reasons = [t.reason for t in sm.finished]
+    assert reasons.count(Reason.COMPLETED) == 2 and reasons.count(Reason.ABORTED) == 8
+    assert sm.table.is_empty()
+
+
+# -- the property test ---------------------------------------------------------
+
+names = st.sampled_from(["db", "gpu", "port"])
+requests = st.one_of(
+    st.builds(Request, names, st.sampled_from([EX, SH])),
+    st.builds(lambda n, k: Request(n, CO, k), names, st.integers(1, 3)),
+)
+requirement = st.one_of(
+    st.just(needs()),
+    st.just(needs(serial=True)),
+    st.builds(merge_requests, st.lists(requests, min_size=1, max_size=3)),
+)
+plan = st.builds(
+    Plan,
+    body=st.floats(0.1, 5.0),
+    teardown=st.floats(0.0, 1.0),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(requirement, plan, st.integers(0, 9)), max_size=40),
+    st.integers(1, 6),
+    st.none() | st.floats(1.0, 4.0),
+)
+def test_random_runs_finish_every_task_once_without_conflicts(
+    spec: list[tuple[Requirement, Plan, int]], workers: int, timeout: float | None
+) -> None:
+    reqs = [r for r, _, _ in spec]
+    plans = []
+    for _, p, roll in spec:
+        # a tenth of the tasks crash, a tenth hang (when there is a timeout)
+        plans.append(Plan(p.body, p.teardown, crash=roll == 0, hang=roll == 1 and timeout is not None))
+    capacities = {"gpu": 2, "port": 3}
+    sm, sim = make_machine(reqs, plans, workers, capacities, task_timeout=timeout, max_restarts=1000)
+    sim.run(sm)
+    assert sm.done
+    finished = [t.id for t in sm.finished]
+    assert sorted(finished) == list(range(len(spec)))  # every task exactly once
+    assert conflicts(sim.intervals, reqs, capacities) == []
+    assert sm.table.is_empty()
+    ran = sorted(i.task for i in sim.intervals)
+    assert len(ran) == len(set(ran))
+    for task in sm.finished:
+        assert task.reason in expected_reasons(plans[task.id], timeout, sm.table.impossible(reqs[task.id])), task
+
+
+def expected_reasons(plan: Plan, timeout: float | None, impossible: str | None) -> set[Reason]:
+    """What a task's reason must be, computed from its plan alone."""
+    if impossible:
+        return {Reason.IMPOSSIBLE}
+    if plan.hang:
+        return {Reason.TIMEOUT}
+    ends = plan.body / 2 if plan.crash else plan.body + plan.teardown
+    natural = Reason.CRASHED if plan.crash else Reason.COMPLETED
+    if timeout is None or ends < timeout:
+        return {natural}
+    return {Reason.TIMEOUT} if ends > timeout else {natural, Reason.TIMEOUT}
