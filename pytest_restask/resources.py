@@ -125,19 +125,13 @@ def parse_resource_marker(args: Sequence[object], kwargs: Mapping[str, object]) 
     unknown = sorted(set(kwargs) - set(RESOURCE_KEYWORDS))
     if unknown:
         raise ResourceError(
-            f"unknown keyword {unknown[0]!r} in @pytest.mark.resource; "
-            f"it accepts only {', '.join(RESOURCE_KEYWORDS)}"
+            f"unknown keyword {unknown[0]!r} in @pytest.mark.resource; it accepts only {', '.join(RESOURCE_KEYWORDS)}"
         )
     if not args:
-        raise ResourceError(
-            "@pytest.mark.resource needs at least one resource name, "
-            "e.g. @pytest.mark.resource('db')"
-        )
+        raise ResourceError("@pytest.mark.resource needs at least one resource name, e.g. @pytest.mark.resource('db')")
     for name in args:
         if not isinstance(name, str):
-            raise ResourceError(
-                f"resource names must be strings, got {name!r} ({type(name).__name__})"
-            )
+            raise ResourceError(f"resource names must be strings, got {name!r} ({type(name).__name__})")
         if not name.strip():
             raise ResourceError("resource names must not be empty")
     shared = kwargs.get("shared", False)
@@ -160,10 +154,7 @@ def parse_resource_marker(args: Sequence[object], kwargs: Mapping[str, object]) 
 def parse_serial_marker(args: Sequence[object], kwargs: Mapping[str, object]) -> None:
     """Check ``@pytest.mark.serial``, which takes no arguments."""
     if args or kwargs:
-        raise ResourceError(
-            "@pytest.mark.serial takes no arguments; "
-            "use @pytest.mark.resource(...) to name a resource"
-        )
+        raise ResourceError("@pytest.mark.serial takes no arguments; use @pytest.mark.resource(...) to name a resource")
 
 
 def merge_requests(requests: Iterable[Request], serial: bool = False) -> Requirement:
@@ -195,9 +186,7 @@ def parse_capacities(lines: Iterable[str]) -> dict[str, int]:
             continue
         match = _CAPACITY_LINE.match(line)
         if match is None:
-            raise ResourceError(
-                f"restask_resources line {line!r} is not of the form 'name: capacity' (e.g. 'gpu: 2')"
-            )
+            raise ResourceError(f"restask_resources line {line!r} is not of the form 'name: capacity' (e.g. 'gpu: 2')")
         name, text = match.group("name"), match.group("capacity")
         try:
             capacity = int(text)
@@ -240,9 +229,9 @@ class Grant:
             held = mine.get(request.name)
             if held is None or held.mode < request.mode:
                 return False
-            if request.mode is Mode.COUNTED and held.mode is Mode.COUNTED:
-                if not set(other.slots.get(request.name, ())) <= set(self.slots.get(request.name, ())):
-                    return False
+            counted = request.mode is Mode.COUNTED and held.mode is Mode.COUNTED
+            if counted and not set(other.slots.get(request.name, ())) <= set(self.slots.get(request.name, ())):
+                return False
         return True
 
 
@@ -324,9 +313,7 @@ class LockTable:
         """Release everything ``holder`` holds; return what it held."""
         return self._holders.pop(holder, None)
 
-    def _free_slots(
-        self, requirement: Requirement, replacing: object
-    ) -> dict[str, tuple[int, ...]] | None:
+    def _free_slots(self, requirement: Requirement, replacing: object) -> dict[str, tuple[int, ...]] | None:
         """Return the slots a grant would get, or None if it conflicts."""
         others = [g for h, g in self._holders.items() if h != replacing]
         if others and (requirement.serial or any(g.requirement.serial for g in others)):

@@ -292,7 +292,8 @@ class StateMachine:
         """
         state = self._workers[worker]
         current = state.running
-        assert current is not None and current.id == task_id, (worker, task_id)
+        assert current is not None, (worker, task_id)
+        assert current.id == task_id, (worker, task_id)
         assert state.queued is None
         if state.phase is not WorkerPhase.BUSY:
             return  # being killed: the answer would never be read
@@ -309,7 +310,8 @@ class StateMachine:
         """A worker finished a task's teardown."""
         state = self._workers[worker]
         current = state.running
-        assert current is not None and current.id == task_id, (worker, task_id)
+        assert current is not None, (worker, task_id)
+        assert current.id == task_id, (worker, task_id)
         self._finish(current, now, Reason.COMPLETED, "")
         if state.queued is not None:
             state.running, state.queued = state.queued, None

@@ -161,9 +161,12 @@ class TestLockTable:
         gpu0 = Grant(req(Request("gpu", CO, 1)), {"gpu": (0,)})
         gpu1 = Grant(req(Request("gpu", CO, 1)), {"gpu": (1,)})
         free = Grant(req())
-        assert db_ex.covers(db_sh) and not db_sh.covers(db_ex)
-        assert db_ex.covers(free) and not free.covers(db_ex)
-        assert gpu0.covers(gpu0) and not gpu1.covers(gpu0)
+        assert db_ex.covers(db_sh)
+        assert not db_sh.covers(db_ex)
+        assert db_ex.covers(free)
+        assert not free.covers(db_ex)
+        assert gpu0.covers(gpu0)
+        assert not gpu1.covers(gpu0)
         assert not free.covers(Grant(req(serial=True)))
 
 
@@ -187,7 +190,8 @@ def _holds_consistent(table: LockTable) -> None:
     for name, users in by_name.items():
         modes = {r.mode for r, _ in users}
         if len(users) > 1:
-            assert EX not in modes and len(modes) == 1, (name, users)
+            assert EX not in modes, (name, users)
+            assert len(modes) == 1, (name, users)
         if modes == {CO}:
             slots = [s for _, g in users for s in g.slots[name]]
             assert len(slots) == len(set(slots)) == sum(r.slots for r, _ in users)

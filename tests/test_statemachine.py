@@ -22,11 +22,13 @@ def test_conflicting_tasks_run_one_after_another() -> None:
     reqs = [needs(Request("db", EX))] * 3 + [needs()] * 3
     sm, sim = make_machine(reqs, [Plan(body=1.0)] * 6, workers=3)
     sim.run(sm)
-    assert sm.done and sm.table.is_empty()
+    assert sm.done
+    assert sm.table.is_empty()
     assert [t.reason for t in sm.finished].count(Reason.COMPLETED) == 6
     assert conflicts(sim.intervals, reqs) == []
     db = sorted(i.start for i in sim.intervals if reqs[i.task].requests)
-    assert db[1] - db[0] >= 1.0 and db[2] - db[1] >= 1.0
+    assert db[1] - db[0] >= 1.0
+    assert db[2] - db[1] >= 1.0
 
 
 def test_hand_over_keeps_fixtures_only_when_covered() -> None:
@@ -34,7 +36,12 @@ def test_hand_over_keeps_fixtures_only_when_covered() -> None:
     sm, sim = make_machine(reqs, [Plan(body=1.0, teardown=0.5)] * 3, workers=1)
     sim.run(sm)
     # gw0: t0, then t1 handed over with db (covers t0), then t2 (free: does not cover)
-    assert sim.answers == [("gw0", 0, False, False), ("gw0", 1, True, False), ("gw0", 2, False, False), ("gw0", None, False, True)]
+    assert sim.answers == [
+        ("gw0", 0, False, False),
+        ("gw0", 1, True, False),
+        ("gw0", 2, False, False),
+        ("gw0", None, False, True),
+    ]
     assert conflicts(sim.intervals, reqs) == []
 
 
@@ -44,7 +51,8 @@ def test_triage_finishes_invalid_and_impossible() -> None:
     sm.queues.requested[1].error = "bad marker"
     sim.run(sm)
     reasons = {t.id: (t.reason, t.detail) for t in sm.finished}
-    assert reasons[0][0] is Reason.IMPOSSIBLE and "capacity is 2" in reasons[0][1]
+    assert reasons[0][0] is Reason.IMPOSSIBLE
+    assert "capacity is 2" in reasons[0][1]
     assert reasons[1] == (Reason.INVALID, "bad marker")
     assert sim.intervals == []
 
@@ -52,7 +60,8 @@ def test_triage_finishes_invalid_and_impossible() -> None:
 def test_nothing_to_run_starts_no_worker() -> None:
     sm, sim = make_machine([], [], workers=4)
     sim.run(sm)
-    assert sim.starts == 0 and sm.done
+    assert sim.starts == 0
+    assert sm.done
 
 
 def test_waiting_exclusive_task_is_not_starved_by_shared_readers() -> None:
@@ -84,7 +93,8 @@ def test_crash_costs_one_task_and_the_worker_is_replaced() -> None:
     sim.run(sm)
     reasons = {t.id: t.reason for t in sm.finished}
     assert reasons == {0: Reason.COMPLETED, 1: Reason.CRASHED, 2: Reason.COMPLETED, 3: Reason.COMPLETED}
-    assert sm.restarts == 1 and sm.table.is_empty()
+    assert sm.restarts == 1
+    assert sm.table.is_empty()
     crashed = next(t for t in sm.finished if t.id == 1)
     assert "crashed: exit code 1" in crashed.detail
 
@@ -95,11 +105,14 @@ def test_timeout_kills_and_replaces() -> None:
     sm, sim = make_machine(reqs, plans, workers=1, task_timeout=5.0, max_restarts=4)
     sim.run(sm)
     hung = next(t for t in sm.finished if t.id == 1)
-    assert hung.reason is Reason.TIMEOUT and hung.detail == "timed out after 5 s on gw0"
-    assert hung.finished_at is not None and hung.started_at is not None
+    assert hung.reason is Reason.TIMEOUT
+    assert hung.detail == "timed out after 5 s on gw0"
+    assert hung.finished_at is not None
+    assert hung.started_at is not None
     assert hung.finished_at - hung.started_at == 5.0
     assert [t.reason for t in sm.finished].count(Reason.COMPLETED) == 2
-    assert sim.kills == 1 and sm.table.is_empty()
+    assert sim.kills == 1
+    assert sm.table.is_empty()
 
 
 def test_restart_limit_aborts_the_rest() -> None:
@@ -121,7 +134,8 @@ def test_abort_lets_running_tasks_finish() -> None:
     sm.abort(Reason.ABORTED, "failfast", 0.6)
     sim.run(sm)
     reasons = [t.reason for t in sm.finished]
-    assert reasons.count(Reason.COMPLETED) == 2 and reasons.count(Reason.ABORTED) == 8
+    assert reasons.count(Reason.COMPLETED) == 2
+    assert reasons.count(Reason.ABORTED) == 8
     assert sm.table.is_empty()
 
 

@@ -1,0 +1,318 @@
+"""The distributed session: runs the collected tests on worker processes.
+
+Registered by :mod:`.plugin` when ``-n N`` asks for workers.  The
+controller collects as pytest always does (so ``-k``, ``-m``, ``--lf``,
+deselection and collection errors behave exactly as in a serial run), turns
+the items into tasks, and drives the :class:`~.statemachine.StateMachine`
+with the :class:`~.spawner.ExecnetSpawner`'s events.  What workers report
+is replayed into pytest's own hooks (``pytest_runtest_logstart``,
+``pytest_runtest_logreport``, ``pytest_warning_recorded``,
+``pytest_runtest_logfinish``), so the terminal, ``--junitxml`` and other
+plugins see the reports of a serial run.  No scheduling decision is made
+here.
+
+Tests that never reach a worker because their declaration is wrong run
+here, in process, where the same check as without ``-n`` fails their setup:
+the verdict is the same by construction.  A test whose worker crashed or
+timed out gets a failed report for the phase it was in, then a teardown
+report, so every reporter closes it.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Generator
+from typing import Final, Literal, TypeAlias, final
+
+import pytest
+
+from .messages import (
+    AtTeardown,
+    Done,
+    Missing,
+    Ready,
+    Report,
+    Setup,
+    WarningRecorded,
+    WorkerFailed,
+)
+from .plugin import Settings, declaration_error, requirement_of
+from .resources import LockTable
+from .spawner import Event, ExecnetSpawner
+from .statemachine import Reason, StateMachine, Task
+
+__all__ = ["Controller"]
+
+Phase: TypeAlias = Literal["setup", "call", "teardown"]
+
+MISSING_TEXT: Final = (
+    "{nodeid} was not collected on {worker}: the workers collected other tests than the controller; "
+    "make the collection deterministic (no random parametrization)"
+)
+LOST_TEXT: Final = "{detail} while running {nodeid}"
+
+
+def _worker_name(index: int) -> str:
+    return f"gw{index}"
+
+
+@final
+class Controller:
+    """The distributed session; see the module docstring."""
+
+    def __init__(self, config: pytest.Config, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._settings = settings
+        self._clock = clock
+        self._testrunuid = uuid.uuid4().hex
+        #: The collected items; a task's id is its index here.
+        self._items: list[pytest.Item] = []
+        #: Which of several equal node ids each item is.
+        self._occurrence: list[int] = []
+        #: Tasks whose logstart was replayed.
+        self._logged: set[int] = set()
+        #: Phases ("setup", "call", "teardown") reported for each task.
+        self._phases: dict[int, set[str]] = {}
+        #: Tasks whose worker said they reached teardown.
+        self._in_teardown: set[int] = set()
+        #: What a failing worker said before it ended, by worker.
+        self._worker_failures: dict[str, str] = {}
+        #: The worker whose report is being replayed (for ``[gwN]`` in -v).
+        self._replaying: str | None = None
+        self._settled = 0
+        self._workercount = 0
+        self._stopping = False
+
+    # -- hooks --------------------------------------------------------------------
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        terminal = self._config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None:
+            terminal.showfspath = False  # tests of many files interleave
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_report_teststatus(
+        self, report: pytest.TestReport, config: pytest.Config
+    ) -> Generator[None, object, object]:
+        result = yield
+        worker = self._replaying
+        if worker is None or not isinstance(result, tuple) or len(result) != 3:
+            return result
+        category, letter, word = result
+        if isinstance(word, tuple) and word[0]:
+            return category, letter, (f"[{worker}] {word[0]}", word[1])
+        if isinstance(word, str) and word:
+            return category, letter, f"[{worker}] {word}"
+        return result
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        # the same entry checks as pytest's own loop
+        if session.testsfailed and not self._config.option.continue_on_collection_errors:
+            errors = session.testsfailed
+            raise session.Interrupted(f"{errors} error{'s' if errors != 1 else ''} during collection")
+        if self._config.option.collectonly:
+            return True
+        self._items = list(session.items)
+        seen: dict[str, int] = {}
+        for item in self._items:
+            self._occurrence.append(seen.get(item.nodeid, 0))
+            seen[item.nodeid] = self._occurrence[-1] + 1
+        table = LockTable(self._settings.capacities)
+        tasks = [self._task(index, item, table) for index, item in enumerate(self._items)]
+        runnable = sum(task.error is None for task in tasks)
+        self._workercount = min(self._settings.workers, runnable)
+        spawner = ExecnetSpawner(self._setup_for, self._locate)
+        machine = StateMachine(
+            tasks,
+            table,
+            spawner,
+            [_worker_name(i) for i in range(self._workercount)],
+            task_timeout=self._settings.task_timeout,
+            max_restarts=self._settings.max_restarts,
+        )
+        completed = False
+        try:
+            self._loop(session, machine, spawner)
+            completed = True
+        finally:
+            if completed:
+                spawner.close()
+            else:
+                spawner.kill_all()
+        if machine.aborted is not None and not (session.shouldfail or session.shouldstop):
+            session.shouldfail = machine.aborted[1]
+        if session.shouldfail:
+            raise session.Failed(session.shouldfail)
+        if session.shouldstop:
+            raise session.Interrupted(session.shouldstop)
+        return True
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        for worker, text in sorted(self._worker_failures.items()):
+            terminalreporter.write_sep("-", f"worker {worker} failed outside a test", red=True)
+            terminalreporter.write_line(text.rstrip())
+
+    # -- the loop -----------------------------------------------------------------
+
+    def _loop(self, session: pytest.Session, machine: StateMachine, spawner: ExecnetSpawner) -> None:
+        machine.step(self._clock())
+        self._settle(machine)
+        while not machine.done:
+            deadline = machine.next_deadline()
+            try:
+                event = spawner.events.get(timeout=None if deadline is None else max(0.0, deadline - self._clock()))
+            except queue.Empty:
+                machine.tick(self._clock())
+            else:
+                self._handle(event, machine)
+            self._settle(machine)
+            stop = session.shouldfail or session.shouldstop
+            if stop and machine.aborted is None:
+                machine.abort(Reason.ABORTED, str(stop), self._clock())
+                self._settle(machine)
+        self._stopping = True
+        machine.shutdown()
+
+    def _handle(self, event: Event, machine: StateMachine) -> None:
+        now = self._clock()
+        worker, message = event.worker, event.message
+        if message is None:
+            if self._stopping:
+                machine.worker_stopped(worker)
+            else:
+                machine.worker_died(worker, event.cause, now)
+        elif isinstance(message, Ready):
+            machine.worker_ready(worker, now)
+        elif isinstance(message, Report):
+            self._replay_report(worker, message)
+        elif isinstance(message, AtTeardown):
+            self._in_teardown.add(message.task_id)
+            machine.reached_teardown(worker, message.task_id, now)
+        elif isinstance(message, Done):
+            self._log_finish(message.task_id)
+            machine.task_done(worker, message.task_id, now)
+        elif isinstance(message, WarningRecorded):
+            self._replay_warning(message)
+        elif isinstance(message, Missing):
+            item = self._items[message.task_id]
+            self._report_failure(
+                worker, message.task_id, "setup", MISSING_TEXT.format(nodeid=item.nodeid, worker=worker)
+            )
+            machine.task_done(worker, message.task_id, now)
+        elif isinstance(message, WorkerFailed):
+            self._worker_failures[worker] = message.text
+        else:
+            raise AssertionError(f"unexpected message {message.name!r} from {worker}")
+
+    def _settle(self, machine: StateMachine) -> None:
+        """Report the tasks that finished without a worker's reports."""
+        for task in machine.finished[self._settled :]:
+            self._settled += 1
+            if task.reason in (Reason.INVALID, Reason.IMPOSSIBLE):
+                item = self._items[task.id]
+                item.ihook.pytest_runtest_protocol(item=item, nextitem=None)
+            elif task.reason in (Reason.CRASHED, Reason.TIMEOUT):
+                when: Phase = "teardown" if task.id in self._in_teardown else "call"
+                text = LOST_TEXT.format(detail=task.detail, nodeid=task.name)
+                self._report_failure(task.worker or "", task.id, when, text)
+
+    # -- replaying reports ---------------------------------------------------------
+
+    def _replay_report(self, worker: str, message: Report) -> None:
+        report = self._config.hook.pytest_report_from_serializable(config=self._config, data=message.data)
+        self._replay(worker, message.task_id, report)
+
+    def _replay(self, worker: str, task_id: int, report: pytest.TestReport) -> None:
+        self._log_start(task_id)
+        self._phases.setdefault(task_id, set()).add(report.when or "")
+        self._replaying = worker
+        try:
+            self._config.hook.pytest_runtest_logreport(report=report)
+        finally:
+            self._replaying = None
+
+    def _report_failure(self, worker: str, task_id: int, when: Phase, text: str) -> None:
+        """Report a test that failed outside pytest's reach, then close it."""
+        item = self._items[task_id]
+        self._replay(worker, task_id, _report(item, "failed", when, text))
+        if "teardown" not in self._phases[task_id]:
+            self._replay(worker, task_id, _report(item, "passed", "teardown", None))
+        self._log_finish(task_id)
+
+    def _replay_warning(self, message: WarningRecorded) -> None:
+        category = _warning_category(message.category_module, message.category_name)
+        warning = warnings.WarningMessage(category(message.message), category, message.filename, message.lineno)
+        self._config.hook.pytest_warning_recorded.call_historic(
+            kwargs={
+                "warning_message": warning,
+                "when": message.when,
+                "nodeid": message.nodeid,
+                "location": message.location,
+            }
+        )
+
+    def _log_start(self, task_id: int) -> None:
+        if task_id not in self._logged:
+            self._logged.add(task_id)
+            item = self._items[task_id]
+            self._config.hook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+
+    def _log_finish(self, task_id: int) -> None:
+        item = self._items[task_id]
+        self._log_start(task_id)
+        self._config.hook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+    # -- tasks and workers ---------------------------------------------------------
+
+    def _task(self, index: int, item: pytest.Item, table: LockTable) -> Task:
+        error = declaration_error(item, table)
+        if error is not None:
+            return Task(index, item.nodeid, error=error)
+        return Task(index, item.nodeid, requirement_of(item))
+
+    def _locate(self, task: Task) -> tuple[str, int]:
+        return self._items[task.id].nodeid, self._occurrence[task.id]
+
+    def _setup_for(self, worker: str) -> Setup:
+        params = self._config.invocation_params
+        # the controller owns stopping and distribution; see worker.py
+        overrides = ["-n", "0", "--maxfail=0"]
+        if self._config.pluginmanager.has_plugin("xdist"):
+            overrides.append("--dist=no")
+        return Setup(
+            args=[*params.args, *overrides],
+            invocation_dir=str(params.dir),
+            workerinput={
+                "workerid": worker,
+                "workercount": self._workercount,
+                "testrunuid": self._testrunuid,
+                "mainargv": list(sys.argv),
+            },
+        )
+
+
+def _report(
+    item: pytest.Item, outcome: Literal["passed", "failed"], when: Phase, longrepr: str | None
+) -> pytest.TestReport:
+    return pytest.TestReport(
+        nodeid=item.nodeid,
+        location=item.location,
+        keywords=dict.fromkeys(item.keywords, 1),
+        outcome=outcome,
+        longrepr=longrepr,
+        when=when,
+        sections=[],
+        user_properties=[],
+    )
+
+
+def _warning_category(module: str, name: str) -> type[Warning]:
+    """Return a warning class by name, or UserWarning where it cannot be found."""
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) and issubclass(found, Warning) else UserWarning

@@ -1,0 +1,196 @@
+"""The messages between the controller and its workers.
+
+One dataclass per message; :func:`to_wire` turns a message into plain
+builtins that execnet can carry (``(name, fields)``), :func:`from_wire`
+turns them back through one dispatch table, and an unknown name raises
+:class:`ProtocolError` naming it.  Reports cross only as the dicts of
+``pytest_report_to_serializable``; the task id rides beside them.
+
+This module imports nothing but the standard library: the worker side
+imports it before anything else of ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Final, TypeAlias, final
+
+__all__ = [
+    "AtTeardown",
+    "Done",
+    "Message",
+    "Missing",
+    "Next",
+    "ProtocolError",
+    "Ready",
+    "Report",
+    "Setup",
+    "Shutdown",
+    "WarningRecorded",
+    "WorkerFailed",
+    "from_wire",
+    "to_wire",
+]
+
+#: The key in ``config.workerinput`` that marks a restask worker.
+WORKERINPUT_KEY: Final = "restask_protocol"
+#: Bumped whenever a message changes shape.
+PROTOCOL_VERSION: Final = 1
+
+Wire: TypeAlias = tuple[str, dict[str, Any]]
+
+
+class ProtocolError(RuntimeError):
+    """A message that this side does not understand."""
+
+
+class Message:
+    """Base of every message; subclasses are frozen dataclasses."""
+
+    name: ClassVar[str]
+
+
+# -- controller -> worker -------------------------------------------------------
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Setup(Message):
+    """The first message: how to start the worker's pytest session."""
+
+    name: ClassVar[str] = "setup"
+    #: The controller's command-line arguments, plus the worker's overrides.
+    args: list[str]
+    #: The directory pytest was started in.
+    invocation_dir: str
+    #: ``config.workerinput`` for the worker (xdist-compatible keys).
+    workerinput: dict[str, Any]
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Next(Message):
+    """The task a worker runs next, or ``task_id=None`` for nothing now."""
+
+    name: ClassVar[str] = "next"
+    task_id: int | None
+    nodeid: str = ""
+    #: Which of several items with this node id (0 for the first).
+    occurrence: int = 0
+    #: Counted slot numbers by resource name.
+    slots: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    #: Fixtures of the previous task may live on into this one.
+    keep_fixtures: bool = False
+    #: Nothing more is expected soon: end session-scoped fixtures too.
+    final: bool = False
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Shutdown(Message):
+    """Finish the session and exit."""
+
+    name: ClassVar[str] = "shutdown"
+
+
+# -- worker -> controller -------------------------------------------------------
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ready(Message):
+    """The worker collected its tests and waits for work."""
+
+    name: ClassVar[str] = "ready"
+    pid: int
+    collected: int
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Report(Message):
+    """One test report, as ``pytest_report_to_serializable`` data."""
+
+    name: ClassVar[str] = "report"
+    task_id: int
+    data: dict[str, Any]
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class WarningRecorded(Message):
+    """A warning captured on the worker."""
+
+    name: ClassVar[str] = "warning"
+    message: str
+    category_module: str
+    category_name: str
+    filename: str
+    lineno: int
+    when: str
+    nodeid: str
+    location: tuple[str, int, str] | None
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class AtTeardown(Message):
+    """A task reached its teardown; the worker waits for a :class:`Next`."""
+
+    name: ClassVar[str] = "at_teardown"
+    task_id: int
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Done(Message):
+    """A task's teardown is done: its resources may be released."""
+
+    name: ClassVar[str] = "done"
+    task_id: int
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Missing(Message):
+    """The worker did not collect the task's test; it ran nothing for it."""
+
+    name: ClassVar[str] = "missing"
+    task_id: int
+    nodeid: str
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerFailed(Message):
+    """The worker's session failed outside any test (e.g. a conftest error)."""
+
+    name: ClassVar[str] = "worker_failed"
+    text: str
+
+
+_MESSAGES: Final[dict[str, type[Message]]] = {
+    cls.name: cls
+    for cls in (Setup, Next, Shutdown, Ready, Report, WarningRecorded, AtTeardown, Done, Missing, WorkerFailed)
+}
+
+
+def to_wire(message: Message) -> Wire:
+    """Return a message as builtins for the channel."""
+    assert dataclasses.is_dataclass(message)
+    fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+    return (message.name, fields)
+
+
+def from_wire(wire: object) -> Message:
+    """Return the message that :func:`to_wire` made; raise for anything else."""
+    if not (isinstance(wire, tuple) and len(wire) == 2 and isinstance(wire[1], dict)):
+        raise ProtocolError(f"malformed message {wire!r:.200}")
+    name, fields = wire
+    cls = _MESSAGES.get(name)
+    if cls is None:
+        raise ProtocolError(f"unknown message {name!r}")
+    try:
+        return cls(**fields)
+    except TypeError as e:
+        raise ProtocolError(f"message {name!r} has the wrong fields: {e}") from None

@@ -1,0 +1,304 @@
+"""pytest-restask: resource-aware parallel test runs.
+
+The pytest entry point (``-p restask``).  It owns the options, the ini keys
+and the markers, turns a test's markers into its :class:`~.resources.Requirement`,
+and picks the mode of the run in ``pytest_configure``:
+
+* in process (no ``-n``, ``-n 0``, ``--collect-only``, or pytest-xdist owns
+  ``-n``): :class:`LocalRun` checks declarations at setup and hands out slots;
+* distributed (``-n N``): :class:`~.controller.Controller` runs the tests on
+  worker subprocesses, and :class:`LocalRun` runs only the tests that fail
+  triage, so that their verdict is the same as in process;
+* a restask worker (``config.workerinput`` carries our key): nothing here;
+  :mod:`.worker` drives the session.
+
+``-n`` and ``--max-worker-restart`` are pytest-xdist's when it is installed:
+then restask takes them over only when ``-p restask`` is named (on the
+command line or in ``addopts``), and otherwise leaves xdist alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+from typing import Final, final
+
+import pytest
+
+from . import compat, holds
+from .messages import WORKERINPUT_KEY
+from .resources import (
+    LockTable,
+    Requirement,
+    ResourceError,
+    merge_requests,
+    parse_capacities,
+    parse_resource_marker,
+    parse_serial_marker,
+)
+
+__all__ = [
+    "FAILFAST_REASON",
+    "LocalRun",
+    "Settings",
+    "declaration_error",
+    "requirement_of",
+    "restask_slots",
+]
+
+# Help texts, shared between options and ini keys.  Style as pytest's own:
+# start with a capital letter; a single phrase has no final period.
+NUMPROCESSES_DESC: Final = "Run the tests on N worker processes ('auto': one per CPU); 0 runs them in this process"
+MAX_RESTART_DESC: Final = "Stop the run after this many worker replacements (default: 4 x the number of workers)"
+FAILFAST_DESC: Final = "Stop starting tests after the first failure; running tests finish and are reported"
+TIMEOUT_DESC: Final = (
+    "End a test on a worker that runs longer than this many seconds (setup, call and teardown) "
+    "and report it failed (default: no limit; applies only with -n)"
+)
+RESOURCES_DESC: Final = "Capacities of counted resources, one 'name: capacity' line each (default capacity: 1)"
+RESOURCE_MARKER: Final = (
+    "resource(*names, shared=False, slots=None): the test needs these resources; "
+    "exclusive by default, shared=True beside other shared users, slots=K counted "
+    "slots of the capacity in restask_resources (pytest-restask)"
+)
+SERIAL_MARKER: Final = "serial: the test runs alone, with no other test at the same time (pytest-restask)"
+FAILFAST_REASON: Final = "stopping after the first failure (--failfast)"
+NOT_APPLY_TIMEOUT: Final = "--task-timeout applies only when tests run on workers (-n N); it is ignored here"
+PDB_CONFLICT: Final = "{flag} cannot be used with -n {n}: a debugger needs the test in this process; use -n 0"
+
+_REQUIREMENT_KEY: Final = pytest.StashKey[Requirement | str]()
+_SETTINGS_KEY: Final = pytest.StashKey["Settings"]()
+
+
+def parse_numprocesses(value: str) -> int | str:
+    """Parse ``-n``: a whole number of at least 0, or 'auto'."""
+    if value == "auto":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or 'auto', got {value!r}")
+    return number
+
+
+def parse_positive_int(value: str) -> int:
+    """Parse a whole number of at least 0."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {value!r}")
+    return number
+
+
+def parse_timeout(value: str) -> float:
+    """Parse a number of seconds greater than 0."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds greater than 0, got {value!r}")
+    return seconds
+
+
+def _xdist_provides_n(pluginmanager: pytest.PytestPluginManager) -> bool:
+    """Return whether pytest-xdist will define ``-n`` in this run."""
+    if pluginmanager.has_plugin("xdist") or pluginmanager.has_plugin("xdist.plugin"):
+        return True
+    if pluginmanager.is_blocked("xdist") or os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        return False
+    return any(ep.value == "xdist.plugin" for ep in importlib.metadata.entry_points(group="pytest11"))
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    group = parser.getgroup("restask", "resource-aware parallel runs (pytest-restask)")
+    if not _xdist_provides_n(pluginmanager):
+        group.addoption(
+            "-n",
+            "--numprocesses",
+            dest="numprocesses",
+            metavar="N",
+            type=parse_numprocesses,
+            default=None,
+            help=NUMPROCESSES_DESC,
+        )
+        group.addoption(
+            "--max-worker-restart",
+            dest="maxworkerrestart",
+            metavar="N",
+            type=parse_positive_int,
+            default=None,
+            help=MAX_RESTART_DESC,
+        )
+    group.addoption("--failfast", action="store_true", default=False, help=FAILFAST_DESC)
+    group.addoption("--task-timeout", dest="task_timeout", metavar="SECONDS", type=parse_timeout, help=TIMEOUT_DESC)
+    parser.addini("restask_resources", RESOURCES_DESC, type="linelist", default=[])
+
+
+@final
+class Settings:
+    """What the options and ini keys say, checked once at configure time."""
+
+    __slots__ = ("capacities", "failfast", "max_restarts", "task_timeout", "workers")
+
+    def __init__(self, config: pytest.Config) -> None:
+        try:
+            #: Capacity of each counted resource, from ``restask_resources``.
+            self.capacities = parse_capacities(config.getini("restask_resources"))
+        except ResourceError as e:
+            raise pytest.UsageError(f"{e} (in the ini file {config.inipath})") from None
+        #: Stop starting tests after the first failure.
+        self.failfast: bool = config.getoption("failfast")
+        #: Seconds a test may take on a worker, or None.
+        self.task_timeout: float | None = config.getoption("task_timeout")
+        #: Worker processes to start; 0 runs in process.
+        self.workers = _workers_wanted(config)
+        restarts = config.getoption("maxworkerrestart", None)
+        #: Worker replacements allowed before the run stops.
+        self.max_restarts: int = 4 * self.workers if restarts is None else int(restarts)
+
+
+def _owns_n(config: pytest.Config) -> bool:
+    """Return whether ``-n`` is restask's to act on (see the module docstring)."""
+    if not (config.pluginmanager.has_plugin("xdist") or config.pluginmanager.has_plugin("xdist.plugin")):
+        return True
+    named = config.getoption("plugins", None) or []
+    return "restask" in named or "pytest_restask.plugin" in named
+
+
+def _workers_wanted(config: pytest.Config) -> int:
+    value = config.getoption("numprocesses", None)
+    if not value or config.getoption("collectonly") or not _owns_n(config):
+        return 0
+    if value in ("auto", "logical"):
+        return os.cpu_count() or 1
+    return int(value)
+
+
+def _is_restask_worker(config: pytest.Config) -> bool:
+    workerinput = getattr(config, "workerinput", None)
+    return isinstance(workerinput, dict) and WORKERINPUT_KEY in workerinput
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", RESOURCE_MARKER)
+    config.addinivalue_line("markers", SERIAL_MARKER)
+    if not (config.pluginmanager.has_plugin("xdist") or config.pluginmanager.has_plugin("xdist.plugin")):
+        config.pluginmanager.register(compat, "restask.compat")
+    if _is_restask_worker(config):
+        return
+    settings = Settings(config)
+    config.stash[_SETTINGS_KEY] = settings
+    config.pluginmanager.register(LocalRun(config, settings), "restask.local")
+    if not settings.workers:
+        if settings.task_timeout is not None:
+            config.issue_config_time_warning(pytest.PytestConfigWarning(NOT_APPLY_TIMEOUT), stacklevel=2)
+        return
+    for flag, used in (("--pdb", config.getoption("usepdb")), ("--trace", config.getoption("trace"))):
+        if used:
+            raise pytest.UsageError(PDB_CONFLICT.format(flag=flag, n=settings.workers))
+    # pytest-xdist is installed and -p restask was named: its session steps
+    # aside, whether its own (also trylast) configure ran before ours or not
+    for name in ("dsession", "terminaldistreporter"):
+        config.pluginmanager.set_blocked(name)
+    from .controller import Controller
+
+    config.pluginmanager.register(Controller(config, settings), "restask.controller")
+
+
+@pytest.fixture
+def restask_slots(request: pytest.FixtureRequest) -> dict[str, list[int]]:
+    """The slot numbers of each counted resource this test holds, e.g. ``{"gpu": [1]}``."""
+    return {name: list(numbers) for name, numbers in request.node.stash.get(holds.SLOTS_KEY, {}).items()}
+
+
+def requirement_of(item: pytest.Item) -> Requirement:
+    """Return what a test needs, from its markers; raise :class:`ResourceError`."""
+    cached = item.stash.get(_REQUIREMENT_KEY, None)
+    if cached is None:
+        try:
+            requests = []
+            for mark in item.iter_markers("resource"):
+                requests.extend(parse_resource_marker(mark.args, mark.kwargs))
+            serial = False
+            for mark in item.iter_markers("serial"):
+                parse_serial_marker(mark.args, mark.kwargs)
+                serial = True
+            cached = merge_requests(requests, serial)
+        except ResourceError as e:
+            cached = f"invalid resource declaration on {item.nodeid}: {e}"
+        item.stash[_REQUIREMENT_KEY] = cached
+    if isinstance(cached, str):
+        raise ResourceError(cached)
+    return cached
+
+
+def declaration_error(item: pytest.Item, table: LockTable) -> str | None:
+    """Return why a test can never run (a bad marker, an impossible request)."""
+    try:
+        requirement = requirement_of(item)
+    except ResourceError as e:
+        return str(e)
+    impossible = table.impossible(requirement)
+    return None if impossible is None else f"cannot run {item.nodeid}: {impossible}"
+
+
+@final
+class LocalRun:
+    """The hooks for tests that run in this process, and the run's summary.
+
+    Checks each test's declaration at setup (a bad one is a setup error
+    that names the test), hands out counted slots, implements
+    ``--failfast``, and says how many tests did not run.
+    """
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self._config = config
+        self._settings = settings
+        #: Slots handed to tests running in this process.
+        self.table = LockTable(settings.capacities)
+        #: Tests whose reporting finished (in any mode).
+        self._finished = 0
+        self._session: pytest.Session | None = None
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self._session = session
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        error = declaration_error(item, self.table)
+        if error is not None:
+            pytest.fail(error, pytrace=False)
+        grant = self.table.grant(item, requirement_of(item))
+        holds.enter(item, grant.slots)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> object:
+        try:
+            return (yield)
+        finally:
+            if self.table.release(item) is not None:
+                holds.leave(item)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        session = self._session
+        if self._settings.failfast and report.failed and not hasattr(report, "wasxfail") and session is not None:
+            session.shouldfail = FAILFAST_REASON
+
+    def pytest_runtest_logfinish(self) -> None:
+        self._finished += 1
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        session = self._session
+        if session is None or self._config.getoption("collectonly"):
+            return
+        not_run = len(session.items) - self._finished
+        if not_run > 0 and self._finished > 0:
+            why = session.shouldfail or session.shouldstop or "the run was interrupted"
+            terminalreporter.write_sep("-", f"{not_run} of {len(session.items)} tests not run: {why}", yellow=True)

@@ -1,0 +1,219 @@
+"""execnet: starts, feeds, watches and replaces the worker subprocesses.
+
+:class:`ExecnetSpawner` implements the state machine's
+:class:`~.statemachine.Spawner` protocol.  Workers are execnet ``popen``
+gateways, each started on its own thread so that they boot concurrently.
+Everything a worker says, and its end, arrives as an :class:`Event` on one
+queue that the controller drains; events of a replaced worker's earlier
+process are dropped here, so a replacement keeps its ``gwN`` name safely.
+
+This is the only controller-side module that imports execnet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, final
+
+import execnet
+
+from .messages import Message, Next, Setup, Shutdown, from_wire, to_wire
+from .statemachine import Task
+
+__all__ = ["KILL_GRACE", "STOP_GRACE", "Event", "ExecnetSpawner", "describe_exit"]
+
+#: Seconds between asking a worker to end (SIGTERM) and forcing it (SIGKILL).
+KILL_GRACE: Final = 2.0
+#: Seconds a worker has to exit after a clean shutdown before it is killed.
+STOP_GRACE: Final = 10.0
+
+#: Runs in the fresh interpreter: the controller's import path, then the worker.
+_BOOTSTRAP: Final = """
+import sys
+sys.path[:] = channel.receive()
+from pytest_restask.worker import serve
+serve(channel)
+"""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something a worker said (``message``) or its end (``message`` None)."""
+
+    worker: str
+    message: Message | None
+    #: Why the process ended, when it did: "exit code 3", "signal 9 (SIGKILL)".
+    cause: str = ""
+
+
+@dataclass(eq=False)
+class _Process:
+    generation: int
+    gateway: execnet.Gateway | None = None
+    channel: execnet.Channel | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    ended: threading.Event = field(default_factory=threading.Event)
+
+
+def describe_exit(returncode: int | None) -> str:
+    """Return a process's end in words."""
+    if returncode is None:
+        return "unknown exit status"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"signal {-returncode} ({name})"
+    return f"exit code {returncode}"
+
+
+@final
+class ExecnetSpawner:
+    """Worker processes on execnet; see the module docstring."""
+
+    def __init__(
+        self,
+        setup_for: Callable[[str], Setup],
+        locate: Callable[[Task], tuple[str, int]],
+        python: str | None = None,
+    ) -> None:
+        #: Makes the first message for a worker by name.
+        self._setup_for = setup_for
+        #: How a task names its item to a worker: (node id, occurrence).
+        self._locate = locate
+        self._python = python or sys.executable
+        #: Every worker event, in arrival order.
+        self.events: queue.Queue[Event] = queue.Queue()
+        self._group = execnet.Group()
+        self._lock = threading.Lock()
+        #: The current process of each worker.
+        self._processes: dict[str, _Process] = {}
+        self._generations = 0
+
+    # -- the Spawner protocol ---------------------------------------------------
+
+    def start_worker(self, worker: str) -> None:
+        with self._lock:
+            self._generations += 1
+            process = self._processes[worker] = _Process(self._generations)
+        name = f"restask-start-{worker}"
+        threading.Thread(target=self._start, args=(worker, process), name=name, daemon=True).start()
+
+    def send_next(self, worker: str, task: Task | None, keep_fixtures: bool, final: bool) -> None:
+        if task is None:
+            message = Next(None, final=final)
+        else:
+            slots = {} if task.grant is None else {k: list(v) for k, v in task.grant.slots.items()}
+            nodeid, occurrence = self._locate(task)
+            message = Next(task.id, nodeid, occurrence, slots, keep_fixtures, final)
+        self._send(worker, message)
+
+    def kill_worker(self, worker: str) -> None:
+        process = self._processes.get(worker)
+        if process is None or process.popen is None:
+            return
+        _signal_group(process.popen, signal.SIGTERM)
+        threading.Thread(target=self._force, args=(process,), name=f"restask-kill-{worker}", daemon=True).start()
+
+    def stop_worker(self, worker: str) -> None:
+        self._send(worker, Shutdown())
+
+    # -- the rest -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Wait for every worker to end (killing what will not), then the group."""
+        processes = list(self._processes.values())
+        for process in processes:
+            if not process.ended.wait(STOP_GRACE) and process.popen is not None:
+                _signal_group(process.popen, signal.SIGKILL)
+        self._group.terminate(timeout=KILL_GRACE)
+
+    def kill_all(self) -> None:
+        """End every worker at once (on an interrupt)."""
+        for process in list(self._processes.values()):
+            if process.popen is not None:
+                _signal_group(process.popen, signal.SIGKILL)
+        self._group.terminate(timeout=KILL_GRACE)
+
+    def _send(self, worker: str, message: Message) -> None:
+        process = self._processes[worker]
+        if process.channel is None or process.ended.is_set():
+            return  # it is ending; its end event is on the way
+        with contextlib.suppress(OSError):  # the channel closed: the end event is on the way
+            process.channel.send(to_wire(message))
+
+    def _current(self, worker: str, process: _Process) -> bool:
+        with self._lock:
+            return self._processes.get(worker) is process
+
+    def _start(self, worker: str, process: _Process) -> None:
+        try:
+            gateway = self._group.makegateway(f"popen//id={worker}.{process.generation}//python={self._python}")
+            process.gateway = gateway
+            # execnet keeps the subprocess private; its exit code names a crash
+            process.popen = getattr(getattr(gateway, "_io", None), "popen", None)
+            channel = gateway.remote_exec(_BOOTSTRAP)
+            process.channel = channel
+            channel.setcallback(lambda data: self._on_data(worker, process, data), endmarker=_END)
+            channel.send(list(sys.path))
+            channel.send(to_wire(self._setup_for(worker)))
+        except Exception as e:
+            process.ended.set()
+            self._emit(worker, process, Event(worker, None, f"could not start: {e}"))
+
+    def _on_data(self, worker: str, process: _Process, data: object) -> None:
+        if data is _END:
+            threading.Thread(target=self._reap, args=(worker, process), daemon=True).start()
+            return
+        self._emit(worker, process, Event(worker, from_wire(data)))
+
+    def _reap(self, worker: str, process: _Process) -> None:
+        """The channel closed: the worker's code ended or its process died.
+
+        A gateway outlives the code it ran, so ask it to exit, then collect
+        the exit status (a signal when the process crashed).
+        """
+        returncode = None
+        if process.gateway is not None:
+            with contextlib.suppress(OSError, EOFError):  # it is gone already
+                process.gateway.exit()
+        if process.popen is not None:
+            try:
+                returncode = process.popen.wait(KILL_GRACE)
+            except subprocess.TimeoutExpired:
+                _signal_group(process.popen, signal.SIGKILL)
+                returncode = process.popen.wait()
+        process.ended.set()
+        self._emit(worker, process, Event(worker, None, describe_exit(returncode)))
+
+    def _force(self, process: _Process) -> None:
+        if not process.ended.wait(KILL_GRACE) and process.popen is not None:
+            _signal_group(process.popen, signal.SIGKILL)
+
+    def _emit(self, worker: str, process: _Process, event: Event) -> None:
+        if self._current(worker, process):
+            self.events.put(event)
+
+
+_END: Final = object()
+
+
+def _signal_group(popen: subprocess.Popen[bytes], signum: int) -> None:
+    """Signal a worker's process group (its own pid), or just the worker."""
+    if popen.poll() is not None:
+        return
+    try:
+        os.killpg(popen.pid, signum)
+    except OSError:
+        with contextlib.suppress(OSError):
+            popen.send_signal(signum)

@@ -1,0 +1,248 @@
+"""The worker side: runs inside each execnet subprocess.
+
+The spawner sends a short bootstrap that sets ``sys.path`` and calls
+:func:`serve`; :func:`serve` receives a :class:`~.messages.Setup` and runs
+an ordinary ``pytest.main`` with :class:`WorkerSession` as a plugin.  The
+session collects as usual, then, instead of pytest's own loop, asks the
+controller for tasks one at a time.
+
+The next item and teardown
+--------------------------
+pytest tears down after each test only what the next item does not share,
+so it must know the next item at teardown; the controller only decides it
+then (it cannot grant the next test's resources earlier).  So the worker
+runs each item with ``nextitem=item`` -- pytest's own teardown then ends
+nothing -- and its ``pytest_runtest_teardown`` hook, which runs first,
+sends :class:`~.messages.AtTeardown`, waits for the :class:`~.messages.Next`
+answer and ends exactly what the answer does not need:
+
+* a next task whose grant covers this one's: what the next item shares;
+* a next task that does not: everything narrower than session scope, so no
+  fixture ends outside the hold it was used under;
+* nothing for now: everything narrower than session scope; session-scoped
+  fixtures end when the worker shuts down (as with pytest-xdist);
+* nothing, and ``final``: everything, as after the last test serially.
+
+The teardown runs inside pytest's teardown phase, so a fixture error there
+is this test's teardown error, as in a serial run.  The controller owns
+stopping (``-x``, ``--maxfail``, ``--failfast``): the worker is started
+with ``--maxfail=0`` and clears its session's stop flags after each test.
+
+This module imports nothing of ours but the messages and the slot helper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import pytest
+
+from pytest_restask import holds
+from pytest_restask.messages import (
+    WORKERINPUT_KEY,
+    AtTeardown,
+    Done,
+    Message,
+    Missing,
+    Next,
+    ProtocolError,
+    Ready,
+    Report,
+    Setup,
+    Shutdown,
+    WarningRecorded,
+    WorkerFailed,
+    from_wire,
+    to_wire,
+)
+
+__all__ = ["WorkerSession", "serve"]
+
+
+class Channel(Protocol):
+    """The part of ``execnet.Channel`` the worker uses."""
+
+    def send(self, item: object) -> None: ...
+
+    def receive(self, timeout: float | None = None) -> Any: ...
+
+
+class WorkerSession:
+    """The pytest plugin that drives a worker's session from the channel."""
+
+    def __init__(self, channel: Channel, workerinput: dict[str, Any]) -> None:
+        self._channel = channel
+        #: Set on ``config`` before any other plugin configures.
+        self._workerinput = workerinput
+        #: Collected items by node id (a list: ids may repeat).
+        self._items: dict[str, list[pytest.Item]] = {}
+        #: The task being run: (task id, item), and whether it asked for its next.
+        self._current: tuple[int, pytest.Item] | None = None
+        self._asked = False
+        #: The answer received during the current task's teardown.
+        self._next: Next | None = None
+        self._session: pytest.Session | None = None
+        self._config: pytest.Config | None = None
+
+    @property
+    def started(self) -> bool:
+        """Return whether the session reached the test loop."""
+        return self._session is not None
+
+    def send(self, message: Message) -> None:
+        self._channel.send(to_wire(message))
+
+    def receive(self) -> Message:
+        return from_wire(self._channel.receive())
+
+    # -- pytest hooks -------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_configure(self, config: pytest.Config) -> None:
+        # the xdist-compatible surface: junitxml, the cache and others skip
+        # their controller-only work where ``config.workerinput`` exists
+        setattr(config, "workerinput", self._workerinput)  # noqa: B010 - not declared on Config
+        setattr(config, "workeroutput", {})  # noqa: B010
+        self._config = config
+
+    def pytest_internalerror(self, excrepr: object) -> None:
+        # pytest prints it to stdout, which execnet points at /dev/null
+        self.send(WorkerFailed(f"INTERNALERROR on the worker:\n{excrepr}"))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        self._session = session
+        for item in session.items:
+            self._items.setdefault(item.nodeid, []).append(item)
+        self.send(Ready(os.getpid(), len(session.items)))
+        message = self.receive()
+        while isinstance(message, Next) and message.task_id is not None:
+            self._run(message)
+            message = self._next if self._next is not None and self._next.task_id is not None else self.receive()
+        if not isinstance(message, (Shutdown, Next)):
+            raise ProtocolError(f"unexpected message {message.name!r} while idle")
+        return True
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        if self._current is None or self._current[1] is not item or self._asked:
+            return
+        self._asked = True
+        self.send(AtTeardown(self._current[0]))
+        answer = self.receive()
+        if not isinstance(answer, Next):
+            raise ProtocolError(f"expected 'next' at teardown, got {answer.name!r}")
+        self._next = answer
+        target: pytest.Item | pytest.Session | None = item.session
+        if answer.task_id is None:
+            target = None if answer.final else item.session
+        elif answer.keep_fixtures:
+            target = self._lookup(answer) or item.session
+        _teardown_to(item.session, target)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self._current is None or self._config is None:
+            return
+        data = self._config.hook.pytest_report_to_serializable(config=self._config, report=report)
+        self.send(Report(self._current[0], data))
+
+    def pytest_warning_recorded(
+        self,
+        warning_message: warnings.WarningMessage,
+        when: str,
+        nodeid: str,
+        location: tuple[str, int, str] | None,
+    ) -> None:
+        category = warning_message.category or UserWarning
+        self.send(
+            WarningRecorded(
+                message=str(warning_message.message),
+                category_module=category.__module__,
+                category_name=category.__qualname__,
+                filename=str(warning_message.filename),
+                lineno=int(warning_message.lineno or 0),
+                when=when,
+                nodeid=nodeid,
+                location=None if location is None else (str(location[0]), int(location[1]), str(location[2])),
+            )
+        )
+
+    # -- implementation -------------------------------------------------------
+
+    def _lookup(self, message: Next) -> pytest.Item | None:
+        items = self._items.get(message.nodeid, [])
+        return items[message.occurrence] if message.occurrence < len(items) else None
+
+    def _run(self, message: Next) -> None:
+        assert message.task_id is not None
+        assert self._session is not None
+        self._next = None
+        item = self._lookup(message)
+        if item is None:
+            self.send(Missing(message.task_id, message.nodeid))
+            return
+        self._current, self._asked = (message.task_id, item), False
+        holds.enter(item, message.slots)
+        try:
+            item.ihook.pytest_runtest_protocol(item=item, nextitem=item)
+        finally:
+            holds.leave(item)
+            self._current = None
+        if not self._asked:
+            # a plugin ran the protocol without our teardown hook; ask now
+            self.send(AtTeardown(message.task_id))
+            answer = self.receive()
+            assert isinstance(answer, Next)
+            self._next = answer
+        self.send(Done(message.task_id))
+        # the controller owns stopping; see the module docstring
+        self._session.shouldfail = False
+        self._session.shouldstop = False
+
+
+def _teardown_to(session: pytest.Session, target: pytest.Item | pytest.Session | None) -> None:
+    """End every fixture that ``target`` does not descend from.
+
+    ``target`` is an item (keep what it shares), the session (keep only
+    session scope) or None (end everything).  pytest keeps this stack in
+    the private ``session._setupstate``; its ``teardown_exact`` only calls
+    ``listchain()`` on the node, which the session has too.
+    """
+    setupstate = getattr(session, "_setupstate")  # noqa: B009 - private on purpose, see above
+    setupstate.teardown_exact(target)
+
+
+def _environment(workerinput: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """The pytest-xdist environment variables other plugins read."""
+    yield "PYTEST_XDIST_WORKER", str(workerinput["workerid"])
+    yield "PYTEST_XDIST_WORKER_COUNT", str(workerinput["workercount"])
+    yield "PYTEST_XDIST_TESTRUNUID", str(workerinput["testrunuid"])
+
+
+def serve(channel: Channel) -> None:
+    """Run one worker: receive the setup, run pytest, report a failure."""
+    # own process group: ending a hung test's worker ends its children too,
+    # and Ctrl-C in the terminal reaches only the controller, which relays it
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    setup = from_wire(channel.receive())
+    if not isinstance(setup, Setup):
+        raise ProtocolError(f"expected 'setup' first, got {setup.name!r}")
+    os.chdir(setup.invocation_dir)
+    os.environ.update(_environment(setup.workerinput))
+    workerinput = dict(setup.workerinput, **{WORKERINPUT_KEY: True})
+    session = WorkerSession(channel, workerinput)
+    try:
+        code = pytest.main(setup.args, plugins=[session])
+    except BaseException:
+        channel.send(to_wire(WorkerFailed(traceback.format_exc())))
+        raise
+    if not session.started:
+        channel.send(to_wire(WorkerFailed(f"pytest ended before running tests (exit code {int(code)})")))
+    sys.stdout.flush()
