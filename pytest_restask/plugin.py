@@ -20,7 +20,6 @@ command line or in ``addopts``), and otherwise leaves xdist alone.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 from typing import Final, final
 
@@ -106,38 +105,47 @@ def parse_timeout(value: str) -> float:
     return seconds
 
 
-def _xdist_provides_n(pluginmanager: pytest.PytestPluginManager) -> bool:
-    """Return whether pytest-xdist will define ``-n`` in this run."""
-    if pluginmanager.has_plugin("xdist") or pluginmanager.has_plugin("xdist.plugin"):
-        return True
-    if pluginmanager.is_blocked("xdist") or os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
-        return False
-    return any(ep.value == "xdist.plugin" for ep in importlib.metadata.entry_points(group="pytest11"))
+def _has_xdist(pluginmanager: pytest.PytestPluginManager) -> bool:
+    """Return whether pytest-xdist is loaded in this run."""
+    return pluginmanager.has_plugin("xdist") or pluginmanager.has_plugin("xdist.plugin")
 
 
-def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("restask", "resource-aware parallel runs (pytest-restask)")
-    if not _xdist_provides_n(pluginmanager):
-        group.addoption(
-            "-n",
-            "--numprocesses",
-            dest="numprocesses",
-            metavar="N",
-            type=parse_numprocesses,
-            default=None,
-            help=NUMPROCESSES_DESC,
-        )
-        group.addoption(
-            "--max-worker-restart",
-            dest="maxworkerrestart",
-            metavar="N",
-            type=parse_positive_int,
-            default=None,
-            help=MAX_RESTART_DESC,
-        )
     group.addoption("--failfast", action="store_true", default=False, help=FAILFAST_DESC)
     group.addoption("--task-timeout", dest="task_timeout", metavar="SECONDS", type=parse_timeout, help=TIMEOUT_DESC)
     parser.addini("restask_resources", RESOURCES_DESC, type="linelist", default=[])
+
+
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser) -> None:
+    """Add ``-n`` and ``--max-worker-restart`` unless pytest-xdist has them.
+
+    Not in ``pytest_addoption``: ``-p restask`` loads this plugin before
+    the entry points, so whether xdist will be there is known only now,
+    after every ``-p`` and entry-point plugin and before the full parse.
+    """
+    if _has_xdist(early_config.pluginmanager):
+        return
+    group = parser.getgroup("restask")
+    # pytest reserves lowercase short options for itself; -n is the
+    # spelling users know from xdist, so it is added the way xdist does
+    group._addoption(
+        "-n",
+        "--numprocesses",
+        dest="numprocesses",
+        metavar="N",
+        type=parse_numprocesses,
+        default=None,
+        help=NUMPROCESSES_DESC,
+    )
+    group.addoption(
+        "--max-worker-restart",
+        dest="maxworkerrestart",
+        metavar="N",
+        type=parse_positive_int,
+        default=None,
+        help=MAX_RESTART_DESC,
+    )
 
 
 @final
@@ -165,7 +173,7 @@ class Settings:
 
 def _owns_n(config: pytest.Config) -> bool:
     """Return whether ``-n`` is restask's to act on (see the module docstring)."""
-    if not (config.pluginmanager.has_plugin("xdist") or config.pluginmanager.has_plugin("xdist.plugin")):
+    if not _has_xdist(config.pluginmanager):
         return True
     named = config.getoption("plugins", None) or []
     return "restask" in named or "pytest_restask.plugin" in named
@@ -189,7 +197,7 @@ def _is_restask_worker(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", RESOURCE_MARKER)
     config.addinivalue_line("markers", SERIAL_MARKER)
-    if not (config.pluginmanager.has_plugin("xdist") or config.pluginmanager.has_plugin("xdist.plugin")):
+    if not _has_xdist(config.pluginmanager):
         config.pluginmanager.register(compat, "restask.compat")
     if _is_restask_worker(config):
         return

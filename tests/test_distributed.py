@@ -1,0 +1,337 @@
+"""End to end: ``pytest -p restask -n N`` on real worker processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from pytest_restask.resources import Mode, Request
+
+from . import suite
+
+RUN = ("-p", "restask")
+TIMEOUT = 120
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(*RUN, *args, timeout=TIMEOUT)
+
+
+def test_mixed_suite_never_overlaps_conflicting_tests(pytester: pytest.Pytester) -> None:
+    specs = suite.mixed(120, seed=3)
+    suite.write(pytester, specs, ini="[pytest]\nrestask_resources =\n    gpu: 2\n")
+    result = run(pytester, "-n", "4")
+    result.assert_outcomes(passed=120)
+    assert suite.check(pytester, specs, {"gpu": 2}) == []
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
+
+
+def test_exclusive_tests_run_one_at_a_time_and_others_in_parallel(pytester: pytest.Pytester) -> None:
+    db = [suite.Spec(f"test_db{i}", (Request("db", Mode.EXCLUSIVE),), sleep=0.3) for i in range(3)]
+    free = [suite.Spec(f"test_free{i}", sleep=0.3) for i in range(3)]
+    suite.write(pytester, db + free, files=1)
+    result = run(pytester, "-n", "3")
+    result.assert_outcomes(passed=6)
+    assert suite.check(pytester, db + free, {}) == []
+    records = [json.loads(line) for line in (pytester.path / "holds.jsonl").read_text().splitlines()]
+    # the free tests did overlap something: the run was parallel
+    free_runs = [r for r in records if "free" in r["id"]]
+    assert any(a["start"] < b["end"] and b["start"] < a["end"] for a in free_runs for b in records if a is not b)
+
+
+def test_counted_slots_reach_the_test(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nrestask_resources =\n    gpu: 2\n")
+    pytester.makepyfile(
+        """
+        import os, time, pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        @pytest.mark.resource("gpu", slots=1)
+        def test_gpu(i, restask_slots):
+            assert os.environ["RESTASK_SLOTS_GPU"] == ",".join(map(str, restask_slots["gpu"]))
+            assert restask_slots["gpu"][0] in (0, 1)
+            time.sleep(0.2)
+
+        @pytest.mark.resource("gpu", slots=2)
+        def test_both(restask_slots):
+            assert restask_slots == {"gpu": [0, 1]}
+
+        def test_none(restask_slots):
+            assert restask_slots == {}
+            assert not any(k.startswith("RESTASK_SLOTS_") for k in os.environ)
+        """
+    )
+    run(pytester, "-n", "3").assert_outcomes(passed=6)
+    pytester.runpytest(*RUN).assert_outcomes(passed=6)
+
+
+def test_outcomes_match_a_serial_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_outcomes="""
+        import pytest, warnings
+
+        @pytest.fixture
+        def broken():
+            raise RuntimeError("setup broke")
+
+        @pytest.fixture
+        def broken_teardown():
+            yield
+            raise RuntimeError("teardown broke")
+
+        def test_pass(): pass
+        def test_fail(): assert 1 == 2
+        def test_error(broken): pass
+        def test_teardown_error(broken_teardown): pass
+        @pytest.mark.skip(reason="because")
+        def test_skip(): pass
+        @pytest.mark.xfail
+        def test_xfail(): assert 0
+        @pytest.mark.xfail
+        def test_xpass(): pass
+        @pytest.mark.resource("db")
+        def test_db_fail(): assert 0
+        @pytest.mark.resource()
+        def test_bad_marker(): pass
+        @pytest.mark.resource("gpu", slots=9)
+        def test_impossible(): pass
+        @pytest.mark.parametrize("x", [1, 2, 3])
+        def test_param(x): assert x != 2
+        def test_warns():
+            warnings.warn(UserWarning("careful"))
+        def test_output():
+            print("hello from the test")
+        """
+    )
+    serial = pytester.runpytest_subprocess(*RUN, "--junitxml=serial.xml", "-rA", timeout=TIMEOUT)
+    parallel = run(pytester, "-n", "3", "--junitxml=parallel.xml", "-rA")
+    expected = {"passed": 6, "failed": 3, "skipped": 1, "xfailed": 1, "xpassed": 1, "errors": 4, "warnings": 1}
+    assert serial.parseoutcomes() == parallel.parseoutcomes() == expected
+    for result in (serial, parallel):
+        result.stdout.fnmatch_lines(["*careful*", "*hello from the test*"])
+        result.stdout.no_fnmatch_line("*INTERNALERROR*")
+        assert result.ret == pytest.ExitCode.TESTS_FAILED
+    cases = {}
+    for name in ("serial", "parallel"):
+        root = ET.parse(pytester.path / f"{name}.xml").getroot()
+        cases[name] = sorted(
+            (c.get("classname"), c.get("name"), tuple(sorted(ch.tag for ch in c if ch.tag != "system-out")))
+            for c in root.iter("testcase")
+        )
+    assert cases["serial"] == cases["parallel"]
+    assert len({(c, n) for c, n, _ in cases["parallel"]}) == 15
+
+
+def test_verbose_names_the_worker(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_a(): pass\ndef test_b(): pass\n")
+    result = run(pytester, "-n", "2", "-v", "--durations=2")
+    result.stdout.re_match_lines([r".*test_a \[gw\d\] PASSED.*", r".*slowest 2 durations.*"])
+    result.assert_outcomes(passed=2)
+
+
+def test_worker_compatibility_surface(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os, pytest
+        @pytest.mark.parametrize("i", range(2))
+        def test_ids(i, worker_id, testrun_uid):
+            assert re.fullmatch(r"gw[01]", worker_id)
+            assert os.environ["PYTEST_XDIST_WORKER"] == worker_id
+            assert os.environ["PYTEST_XDIST_WORKER_COUNT"] == "2"
+            assert os.environ["PYTEST_XDIST_TESTRUNUID"] == testrun_uid
+        import re
+        """
+    )
+    run(pytester, "-n", "2").assert_outcomes(passed=2)
+    # in process, as with pytest-xdist
+    pytester.makepyfile(test_local="def test_local(worker_id):\n    assert worker_id == 'master'\n")
+    pytester.runpytest(*RUN, "test_local.py").assert_outcomes(passed=1)
+
+
+def test_module_fixture_ends_inside_the_hold(pytester: pytest.Pytester) -> None:
+    """A module fixture of exclusive "db" tests takes a lock file on setup and
+    drops it on teardown; if any such fixture outlived its hold, another
+    worker's setup would find the file and fail."""
+    pytester.makeconftest(
+        """
+        import os, pytest
+
+        @pytest.fixture(scope="module")
+        def schema(request):
+            path = os.path.join(str(request.config.rootpath), "db.lock")
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, request.module.__name__.encode())
+            os.close(fd)
+            with open(os.path.join(str(request.config.rootpath), "setups.log"), "a") as log:
+                log.write(request.module.__name__ + "\\n")
+            yield
+            os.remove(path)
+        """
+    )
+    for m in range(4):
+        pytester.makepyfile(
+            **{
+                f"test_mod{m}": """
+                import time, pytest
+                pytestmark = pytest.mark.resource("db")
+
+                @pytest.mark.parametrize("i", range(3))
+                def test_db(schema, i):
+                    time.sleep(0.05)
+
+                @pytest.mark.resource("db", shared=False)
+                def test_free_of_fixture():
+                    pass
+                """
+            }
+        )
+        pytester.makepyfile(**{f"test_free{m}": "import time\ndef test_f():\n    time.sleep(0.05)\n"})
+    result = run(pytester, "-n", "3")
+    result.assert_outcomes(passed=20)
+    setups = (pytester.path / "setups.log").read_text().split()
+    # set up once per module visit: consecutive db tests of a module share it
+    assert len(setups) <= 8, setups
+
+
+def test_failfast_stops_starting_tests(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import time, pytest
+
+        @pytest.mark.resource("db")
+        def test_0_fails():
+            assert 0
+
+        @pytest.mark.parametrize("i", range(30))
+        @pytest.mark.resource("db")
+        def test_later(i):
+            time.sleep(0.01)
+        """
+    )
+    for flag in ("--failfast", "-x", "--maxfail=1"):
+        result = run(pytester, "-n", "2", flag)
+        outcomes = result.parseoutcomes()
+        assert outcomes["failed"] == 1
+        assert outcomes.get("passed", 0) <= 1, flag
+        assert result.ret == pytest.ExitCode.TESTS_FAILED
+        not_run = 30 - outcomes.get("passed", 0)
+        result.stdout.fnmatch_lines([f"*{not_run} of 31 tests not run: stopping after *"])
+
+
+def test_crash_costs_one_test_and_the_worker_is_replaced(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os, pytest
+
+        @pytest.mark.resource("db")
+        def test_a_crash():
+            os._exit(3)
+
+        @pytest.mark.parametrize("i", range(6))
+        @pytest.mark.resource("db")
+        def test_after(i, worker_id):
+            assert worker_id in ("gw0", "gw1")
+        """
+    )
+    result = run(pytester, "-n", "2")
+    result.assert_outcomes(passed=6, failed=1)
+    result.stdout.fnmatch_lines(["*worker gw? crashed: exit code 3 while running test_crash_costs*::test_a_crash*"])
+
+
+def test_segfault_and_kill_are_named(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import ctypes, os, signal
+
+        def test_segv():
+            ctypes.string_at(0)
+
+        def test_killed():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def test_fine():
+            pass
+        """
+    )
+    result = run(pytester, "-n", "2")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines_random(
+        ["*crashed: signal 11 (SIGSEGV) while running*test_segv*", "*crashed: signal 9 (SIGKILL) while running*"]
+    )
+
+
+def test_restart_limit_ends_the_run_cleanly(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os, pytest
+
+        @pytest.mark.parametrize("i", range(8))
+        def test_crash(i):
+            os._exit(1)
+        """
+    )
+    result = run(pytester, "-n", "1", "--max-worker-restart=2")
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == 3
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*worker restart limit reached (2, see --max-worker-restart)*"])
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
+
+
+def test_timeout_ends_the_test_and_releases_its_resources(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import time, pytest
+
+        @pytest.mark.resource("db")
+        def test_hangs():
+            time.sleep(60)
+
+        @pytest.mark.parametrize("i", range(3))
+        @pytest.mark.resource("db")
+        def test_db(i, worker_id):
+            pass
+        """
+    )
+    result = run(pytester, "-n", "1", "--task-timeout=1")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*timed out after 1 s on gw0 while running*test_hangs*"])
+
+
+def test_selection_options_behave_as_serially(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        @pytest.mark.slow
+        def test_slow(): pass
+        def test_one(): pass
+        def test_two(): assert 0
+        """
+    )
+    pytester.makeini("[pytest]\nmarkers =\n    slow: slow\n")
+    run(pytester, "-n", "2", "-k", "one").assert_outcomes(passed=1, deselected=2)
+    run(pytester, "-n", "2", "-m", "slow", "--strict-markers").assert_outcomes(passed=1, deselected=2)
+    for args in ((), ("--lf",), ("--ff",), ("--lf", "-k", "two or one")):
+        parallel = run(pytester, "-n", "2", *args)
+        serial = pytester.runpytest_subprocess(*RUN, *args, timeout=TIMEOUT)
+        assert parallel.parseoutcomes() == serial.parseoutcomes(), args
+    assert parallel.parseoutcomes() == {"failed": 1}
+    collect = run(pytester, "-n", "2", "--collect-only", "-q")
+    collect.stdout.fnmatch_lines(["*test_slow*", "*test_one*", "*test_two*", "3 tests collected*"])
+    assert collect.ret == pytest.ExitCode.OK
+
+
+def test_collection_error_is_reported_once(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_ok="def test_ok(): pass\n", test_broken="def test_x(:\n")
+    result = run(pytester, "-n", "2")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert len(re.findall(r"ERROR collecting test_broken.py", result.stdout.str())) == 1
+    run(pytester, "-n", "2", "--continue-on-collection-errors").assert_outcomes(passed=1, errors=1)
+
+
+def test_no_tests_exits_5(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("x = 1\n")
+    assert run(pytester, "-n", "2").ret == pytest.ExitCode.NO_TESTS_COLLECTED
