@@ -54,6 +54,15 @@ MISSING_TEXT: Final = (
     "make the collection deterministic (no random parametrization)"
 )
 LOST_TEXT: Final = "{detail} while running {nodeid}"
+SUMMARY_TEXT: Final = (
+    "restask: {tests} tests on {workers} workers in {wall:.2f}s; "
+    "their setup, call and teardown add up to {busy:.2f}s ({ratio:.1f}x)"
+)
+#: Workers import this package before pytest can rewrite its asserts.  The
+#: warning says nothing useful, and any such warning about another module is
+#: raised on the controller as well, so it is still shown once.  (The text
+#: after this prefix differs between pytest versions, and -W takes no regex.)
+_REWRITE_FILTER: Final = "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning"
 
 
 def _worker_name(index: int) -> str:
@@ -83,6 +92,10 @@ class Controller:
         self._worker_failures: dict[str, str] = {}
         #: The worker whose report is being replayed (for ``[gwN]`` in -v).
         self._replaying: str | None = None
+        #: Seconds of setup, call and teardown the workers reported.
+        self._busy = 0.0
+        #: When the loop started and ended, by the controller's clock.
+        self._span: tuple[float, float] | None = None
         self._settled = 0
         self._workercount = 0
         self._stopping = False
@@ -154,6 +167,12 @@ class Controller:
         return True
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self._span is not None and self._logged:
+            wall = max(self._span[1] - self._span[0], 1e-9)
+            text = SUMMARY_TEXT.format(
+                tests=len(self._logged), workers=self._workercount, wall=wall, busy=self._busy, ratio=self._busy / wall
+            )
+            terminalreporter.write_line(text)
         for worker, text in sorted(self._worker_failures.items()):
             terminalreporter.write_sep("-", f"worker {worker} failed outside a test", red=True)
             terminalreporter.write_line(text.rstrip())
@@ -161,7 +180,8 @@ class Controller:
     # -- the loop -----------------------------------------------------------------
 
     def _loop(self, session: pytest.Session, machine: StateMachine, spawner: ExecnetSpawner) -> None:
-        machine.step(self._clock())
+        started = self._clock()
+        machine.step(started)
         self._settle(machine)
         while not machine.done:
             deadline = machine.next_deadline()
@@ -177,6 +197,7 @@ class Controller:
                 machine.abort(Reason.ABORTED, str(stop), self._clock())
                 self._settle(machine)
         self._stopping = True
+        self._span = (started, self._clock())
         machine.shutdown()
 
     def _handle(self, event: Event, machine: StateMachine) -> None:
@@ -231,6 +252,7 @@ class Controller:
     def _replay(self, worker: str, task_id: int, report: pytest.TestReport) -> None:
         self._log_start(task_id)
         self._phases.setdefault(task_id, set()).add(report.when or "")
+        self._busy += report.duration
         self._replaying = worker
         try:
             self._config.hook.pytest_runtest_logreport(report=report)
@@ -282,7 +304,7 @@ class Controller:
     def _setup_for(self, worker: str) -> Setup:
         params = self._config.invocation_params
         # the controller owns stopping and distribution; see worker.py
-        overrides = ["-n", "0", "--maxfail=0"]
+        overrides = ["-n", "0", "--maxfail=0", "-W", _REWRITE_FILTER]
         if self._config.pluginmanager.has_plugin("xdist"):
             overrides.append("--dist=no")
         return Setup(
