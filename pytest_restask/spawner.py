@@ -61,6 +61,8 @@ class _Process:
     gateway: execnet.Gateway | None = None
     channel: execnet.Channel | None = None
     popen: subprocess.Popen[bytes] | None = None
+    #: Asked to end before its process existed; ``_start`` ends it.
+    cancelled: bool = False
     ended: threading.Event = field(default_factory=threading.Event)
 
 
@@ -120,9 +122,14 @@ class ExecnetSpawner:
 
     def kill_worker(self, worker: str) -> None:
         process = self._processes.get(worker)
-        if process is None or process.popen is None:
+        if process is None:
             return
-        _signal_group(process.popen, signal.SIGTERM)
+        with self._lock:
+            process.cancelled = True
+            popen = process.popen
+        if popen is None:
+            return  # still starting: _start ends it as soon as it exists
+        _signal_group(popen, signal.SIGTERM)
         threading.Thread(target=self._force, args=(process,), name=f"restask-kill-{worker}", daemon=True).start()
 
     def stop_worker(self, worker: str) -> None:
@@ -159,9 +166,14 @@ class ExecnetSpawner:
     def _start(self, worker: str, process: _Process) -> None:
         try:
             gateway = self._group.makegateway(f"popen//id={worker}.{process.generation}//python={self._python}")
-            process.gateway = gateway
-            # execnet keeps the subprocess private; its exit code names a crash
-            process.popen = getattr(getattr(gateway, "_io", None), "popen", None)
+            with self._lock:
+                process.gateway = gateway
+                # execnet keeps the subprocess private; its exit code names a crash
+                process.popen = getattr(getattr(gateway, "_io", None), "popen", None)
+                cancelled = process.cancelled
+            if cancelled:
+                self._reap(worker, process)
+                return
             channel = gateway.remote_exec(_BOOTSTRAP)
             process.channel = channel
             channel.setcallback(lambda data: self._on_data(worker, process, data), endmarker=_END)

@@ -365,11 +365,17 @@ class StateMachine:
                 self._spawner.kill_worker(state.name)
 
     def shutdown(self) -> None:
-        """Stop every idle worker; call once the run is done."""
+        """Stop every worker; call once the run is done.
+
+        Idle workers shut down cleanly (their session fixtures end); a worker
+        still starting has run nothing and is ended at once.
+        """
         for state in self._workers.values():
-            if state.phase is WorkerPhase.IDLE or state.phase is WorkerPhase.STARTING:
+            if state.phase is WorkerPhase.IDLE:
                 self._spawner.stop_worker(state.name)
-                state.phase = WorkerPhase.GONE
+            elif state.phase is WorkerPhase.STARTING:
+                self._spawner.kill_worker(state.name)
+            state.phase = WorkerPhase.GONE
 
     # -- implementation ------------------------------------------------------
 

@@ -25,6 +25,13 @@ import json, os, time
 import pytest
 
 LOG = os.path.join(os.path.dirname(__file__), "holds.jsonl")
+REPORTS = os.path.join(os.path.dirname(__file__), "reports.jsonl")
+
+def pytest_runtest_logreport(report):
+    # on the controller only: the reports pytest's own reporters see
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        with open(REPORTS, "a") as f:
+            f.write(json.dumps([report.nodeid, report.when]) + "\\n")
 
 @pytest.fixture
 def hold(request, restask_slots, worker_id):
@@ -110,4 +117,9 @@ def check(pytester: pytest.Pytester, specs: Sequence[Spec], capacities: dict[str
         Interval(index[name], r["worker"], r["start"], r["end"], {k: tuple(v) for k, v in r["slots"].items()})
         for name, r in zip(seen, records, strict=True)
     ]
+    phases = [tuple(json.loads(line)) for line in (pytester.path / "reports.jsonl").read_text().splitlines()]
+    for spec in specs:
+        mine = sorted(when for nodeid, when in phases if nodeid.endswith("::" + spec.name))
+        if mine != ["call", "setup", "teardown"]:
+            problems.append(f"{spec.name} reported {mine}")
     return problems + conflicts(intervals, [s.requirement for s in specs], capacities)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_restask.resources import Mode, Request, Requirement, merge_requests
-from pytest_restask.statemachine import Reason, WorkerPhase
+from pytest_restask.resources import LockTable, Mode, Request, Requirement, merge_requests
+from pytest_restask.statemachine import Reason, StateMachine, Task, WorkerPhase
 
 from .simulation import Plan, SimSpawner, conflicts, make_machine
 
@@ -113,6 +113,32 @@ def test_timeout_kills_and_replaces() -> None:
     assert [t.reason for t in sm.finished].count(Reason.COMPLETED) == 2
     assert sim.kills == 1
     assert sm.table.is_empty()
+
+
+def test_shutdown_ends_a_worker_still_starting() -> None:
+    killed: list[str] = []
+    stopped: list[str] = []
+
+    class Recorder(SimSpawner):
+        def kill_worker(self, worker: str) -> None:
+            killed.append(worker)
+
+        def stop_worker(self, worker: str) -> None:
+            stopped.append(worker)
+
+    tasks = [Task(0, "t0")]
+    spawner = Recorder({0: Plan()})
+    sm = StateMachine(tasks, LockTable(), spawner, ["gw0", "gw1"])
+    spawner.sm = sm
+    sm.step(0.0)
+    sm.worker_ready("gw0", 0.5)  # gw0 takes the task; gw1 is still starting
+    sm.reached_teardown("gw0", 0, 1.0)
+    sm.task_done("gw0", 0, 1.0)
+    assert sm.done
+    sm.shutdown()
+    assert stopped == ["gw0"]
+    assert killed == ["gw1"]
+    assert sm.live_workers() == []
 
 
 def test_restart_limit_aborts_the_rest() -> None:
