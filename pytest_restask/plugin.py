@@ -67,31 +67,27 @@ NOT_APPLY_TIMEOUT: Final = "--task-timeout applies only when tests run on worker
 PDB_CONFLICT: Final = "{flag} cannot be used with -n {n}: a debugger needs the test in this process; use -n 0"
 
 _REQUIREMENT_KEY: Final = pytest.StashKey[Requirement | str]()
-_SETTINGS_KEY: Final = pytest.StashKey["Settings"]()
+
+
+def _count(value: str, expected: str) -> int:
+    """Parse a whole number of at least 0; say what was ``expected`` if it is not."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+    return number
 
 
 def parse_numprocesses(value: str) -> int | str:
     """Parse ``-n``: a whole number of at least 0, or 'auto'."""
-    if value == "auto":
-        return value
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of workers or 'auto', got {value!r}")
-    return number
+    return value if value == "auto" else _count(value, "a number of workers or 'auto'")
 
 
-def parse_positive_int(value: str) -> int:
+def parse_count(value: str) -> int:
     """Parse a whole number of at least 0."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {value!r}")
-    return number
+    return _count(value, "a whole number of at least 0")
 
 
 def parse_timeout(value: str) -> float:
@@ -142,7 +138,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
         "--max-worker-restart",
         dest="maxworkerrestart",
         metavar="N",
-        type=parse_positive_int,
+        type=parse_count,
         default=None,
         help=MAX_RESTART_DESC,
     )
@@ -202,7 +198,6 @@ def pytest_configure(config: pytest.Config) -> None:
     if _is_restask_worker(config):
         return
     settings = Settings(config)
-    config.stash[_SETTINGS_KEY] = settings
     config.pluginmanager.register(LocalRun(config, settings), "restask.local")
     if not settings.workers:
         if settings.task_timeout is not None:
