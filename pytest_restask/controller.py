@@ -84,8 +84,8 @@ class Controller:
         self._occurrence: list[int] = []
         #: Tasks whose logstart was replayed.
         self._logged: set[int] = set()
-        #: Phases ("setup", "call", "teardown") reported for each task.
-        self._phases: dict[int, set[str]] = {}
+        #: Outcome of each phase ("setup", "call", "teardown") reported for each task.
+        self._phases: dict[int, dict[str, str]] = {}
         #: Tasks whose worker said they reached teardown.
         self._in_teardown: set[int] = set()
         #: What a failing worker said before it ended, by worker.
@@ -239,7 +239,7 @@ class Controller:
                 item = self._items[task.id]
                 item.ihook.pytest_runtest_protocol(item=item, nextitem=None)
             elif task.reason in (Reason.CRASHED, Reason.TIMEOUT):
-                when: Phase = "teardown" if task.id in self._in_teardown else "call"
+                when = self._lost_phase(task.id)
                 text = LOST_TEXT.format(detail=task.detail, nodeid=task.name)
                 self._report_failure(task.worker or "", task.id, when, text)
 
@@ -251,7 +251,7 @@ class Controller:
 
     def _replay(self, worker: str, task_id: int, report: pytest.TestReport) -> None:
         self._log_start(task_id)
-        self._phases.setdefault(task_id, set()).add(report.when or "")
+        self._phases.setdefault(task_id, {})[report.when or ""] = report.outcome
         self._busy += report.duration
         self._replaying = worker
         try:
@@ -266,6 +266,18 @@ class Controller:
         if "teardown" not in self._phases[task_id]:
             self._replay(worker, task_id, _report(item, "passed", "teardown", None))
         self._log_finish(task_id)
+
+    def _lost_phase(self, task_id: int) -> Phase:
+        """Return the phase a test was in when its worker was lost.
+
+        The call, unless it had run or could not run (setup not passed):
+        then the teardown, so no phase is ever reported twice.
+        """
+        phases = self._phases.get(task_id, {})
+        setup = phases.get("setup", "passed")
+        if task_id in self._in_teardown or "call" in phases or setup != "passed":
+            return "teardown"
+        return "call"
 
     def _replay_warning(self, message: WarningRecorded) -> None:
         category = _warning_category(message.category_module, message.category_name)

@@ -242,6 +242,70 @@ def test_crash_costs_one_test_and_the_worker_is_replaced(pytester: pytest.Pytest
     result.stdout.fnmatch_lines(["*worker gw0 crashed: exit code 3 while running test_crash_costs*::test_a_crash*"])
 
 
+def test_crash_in_any_phase_gives_each_phase_one_report(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import json, os
+
+        def pytest_runtest_logreport(report):
+            if os.environ.get("PYTEST_XDIST_WORKER") is None:
+                with open("phases.jsonl", "a") as f:
+                    f.write(json.dumps([report.nodeid.split("::")[1], report.when, report.outcome]) + "\\n")
+        """
+    )
+    pytester.makepyfile(
+        """
+        import os, pytest
+
+        @pytest.fixture
+        def dies_in_setup():
+            os._exit(5)
+
+        @pytest.fixture
+        def dies_in_teardown():
+            yield
+            os._exit(6)
+
+        @pytest.fixture
+        def broken_then_dies():
+            yield
+            os._exit(7)
+
+        @pytest.fixture
+        def broken(broken_then_dies):
+            raise RuntimeError("no")
+
+        def test_setup(dies_in_setup): pass
+        def test_teardown(dies_in_teardown): pass
+        def test_call(): os._exit(8)
+        def test_setup_error_then_crash(broken): pass
+        def test_fine(): pass
+        """
+    )
+    result = run(pytester, "-n", "2")
+    # as serially: a passed call with a failed teardown counts once in each
+    result.assert_outcomes(passed=2, failed=2, errors=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*crashed: exit code 5 while running*test_setup*",
+            "*crashed: exit code 6 while running*test_teardown*",
+            "*crashed: exit code 8 while running*test_call*",
+            "*crashed: exit code 7 while running*test_setup_error_then_crash*",
+        ]
+    )
+    phases: dict[str, list[tuple[str, str]]] = {}
+    for line in (pytester.path / "phases.jsonl").read_text().splitlines():
+        name, when, outcome = json.loads(line)
+        phases.setdefault(name, []).append((when, outcome))
+    assert phases == {
+        "test_setup": [("call", "failed"), ("teardown", "passed")],
+        "test_teardown": [("setup", "passed"), ("call", "passed"), ("teardown", "failed")],
+        "test_call": [("setup", "passed"), ("call", "failed"), ("teardown", "passed")],
+        "test_setup_error_then_crash": [("setup", "failed"), ("teardown", "failed")],
+        "test_fine": [("setup", "passed"), ("call", "passed"), ("teardown", "passed")],
+    }
+
+
 def test_segfault_and_kill_are_named(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
