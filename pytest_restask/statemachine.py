@@ -121,8 +121,8 @@ class _Worker:
     running: Task | None = None
     #: A task handed over to follow ``running`` once its teardown is done.
     queued: Task | None = None
-    #: Why the worker is being killed, with a detail, while KILLING.
-    kill_reason: tuple[Reason, str] | None = None
+    #: While KILLING: the task it is killed for, why, and a detail.
+    kill_reason: tuple[int, Reason, str] | None = None
 
 
 @dataclass(slots=True)
@@ -327,11 +327,17 @@ class StateMachine:
         state = self._workers[worker]
         if state.phase is WorkerPhase.GONE:
             return
-        reason, detail = state.kill_reason or (Reason.CRASHED, f"worker {worker} crashed: {cause}")
+        reason, detail = Reason.CRASHED, f"worker {worker} crashed: {cause}"
+        if state.kill_reason is not None:
+            killed_for, kill_reason, kill_detail = state.kill_reason
+            if state.running is not None and state.running.id == killed_for:
+                reason, detail = kill_reason, kill_detail
+            else:  # the killed task finished just before; the next one is lost with the worker
+                detail = f"worker {worker} was ended because {self._name_of(killed_for)} ran too long"
         if state.running is not None:
             self._finish(state.running, now, reason, detail)
         if state.queued is not None:
-            self._requeue(state.queued)
+            self._requeue(state.queued, now)
         state.running = state.queued = state.kill_reason = None
         if self.done or self.aborted is not None:
             state.phase = WorkerPhase.GONE
@@ -357,8 +363,10 @@ class StateMachine:
         for state in self._workers.values():
             deadline = self._deadline(state)
             if deadline is not None and now >= deadline:
+                assert state.running is not None
                 state.phase = WorkerPhase.KILLING
                 state.kill_reason = (
+                    state.running.id,
                     Reason.TIMEOUT,
                     f"timed out after {self._task_timeout:g} s on {state.name}",
                 )
@@ -378,6 +386,12 @@ class StateMachine:
             state.phase = WorkerPhase.GONE
 
     # -- implementation ------------------------------------------------------
+
+    def _name_of(self, task_id: int) -> str:
+        for task in self.queues.finished:
+            if task.id == task_id:
+                return task.name
+        return f"task {task_id}"
 
     def _nothing_waits(self) -> bool:
         q = self.queues
@@ -411,12 +425,15 @@ class StateMachine:
             worker.phase = WorkerPhase.BUSY
         return task.grant
 
-    def _requeue(self, task: Task) -> None:
-        """Put a handed-over task that never began back at the front."""
+    def _requeue(self, task: Task, now: float) -> None:
+        """Put a handed-over task that never began back at the front
+        (or finish it, when the run was aborted meanwhile)."""
         self.table.release(task.id)
         del self.queues.started[task.id]
         task.worker = task.grant = task.started_at = None
         self.queues.ready.insert(0, task)
+        if self.aborted is not None:
+            self.abort_queue(self.queues.ready, *self.aborted, now)
 
     def _finish(self, task: Task, now: float, reason: Reason, detail: str) -> None:
         self.table.release(task.id)

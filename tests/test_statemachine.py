@@ -141,6 +141,35 @@ def test_shutdown_ends_a_worker_still_starting() -> None:
     assert sm.live_workers() == []
 
 
+def test_abort_then_death_of_a_worker_with_a_handed_over_task_ends_the_run() -> None:
+    """Regression (review): the handed-over task went back to ready after the
+    abort, where nothing would ever pick it, and the run never ended."""
+    reqs = [needs(Request("db", EX))] * 2
+    plans = [Plan(body=1.0, teardown=1.0, crash=False), Plan(body=1.0)]
+    sm, sim = make_machine(reqs, plans, workers=1, max_restarts=4)
+    sim.run(sm, until=1.6)  # t0 is in its teardown and t1 is handed over
+    sm.abort(Reason.ABORTED, "failfast", 1.6)
+    sm.worker_died("gw0", "exit code 6", 1.7)
+    assert sm.done
+    assert {t.id: t.reason for t in sm.finished} == {0: Reason.CRASHED, 1: Reason.ABORTED}
+    assert sm.table.is_empty()
+
+
+def test_timeout_blames_only_the_task_that_ran_too_long() -> None:
+    """Regression (review): the killed task finished during the grace period,
+    its handed-over successor started, and the timeout was reported on it."""
+    reqs = [needs(Request("db", EX))] * 2
+    sm, sim = make_machine(reqs, [Plan(body=0.5, teardown=2.0), Plan(body=5.0)], workers=1, task_timeout=1.0)
+    sim.run(sm, until=1.4)  # t0 is in its teardown, t1 handed over
+    sm.tick(1.5)  # t0 times out: the kill is on its way
+    assert sm.phase("gw0") is WorkerPhase.KILLING
+    sm.task_done("gw0", 0, 1.6)  # ... but t0 ended first, and the worker began t1
+    sm.worker_died("gw0", "signal 15 (SIGTERM)", 1.7)
+    reasons = {t.id: (t.reason, t.detail) for t in sm.finished}
+    assert reasons[0] == (Reason.COMPLETED, "")
+    assert reasons[1] == (Reason.CRASHED, "worker gw0 was ended because t0 ran too long")
+
+
 def test_restart_limit_aborts_the_rest() -> None:
     reqs = [needs()] * 6
     plans = [Plan(crash=True)] * 6
