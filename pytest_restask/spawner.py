@@ -63,6 +63,8 @@ class _Process:
     popen: subprocess.Popen[bytes] | None = None
     #: Asked to end before its process existed; ``_start`` ends it.
     cancelled: bool = False
+    #: The channel delivered its last message.
+    closed: threading.Event = field(default_factory=threading.Event)
     ended: threading.Event = field(default_factory=threading.Event)
 
 
@@ -171,8 +173,11 @@ class ExecnetSpawner:
                 # execnet keeps the subprocess private; its exit code names a crash
                 process.popen = getattr(getattr(gateway, "_io", None), "popen", None)
                 cancelled = process.cancelled
+            if process.popen is not None:
+                name = f"restask-watch-{worker}"
+                threading.Thread(target=self._watch, args=(worker, process), name=name, daemon=True).start()
             if cancelled:
-                self._reap(worker, process)
+                self._close(process)
                 return
             channel = gateway.remote_exec(_BOOTSTRAP)
             process.channel = channel
@@ -184,27 +189,38 @@ class ExecnetSpawner:
             self._emit(worker, process, Event(worker, None, f"could not start: {e}"))
 
     def _on_data(self, worker: str, process: _Process, data: object) -> None:
-        if data is _END:
-            threading.Thread(target=self._reap, args=(worker, process), daemon=True).start()
+        if data is not _END:
+            self._emit(worker, process, Event(worker, from_wire(data)))
             return
-        self._emit(worker, process, Event(worker, from_wire(data)))
+        process.closed.set()
+        if process.popen is None:  # nothing to watch: the channel is all we know
+            process.ended.set()
+            self._emit(worker, process, Event(worker, None, "its channel closed"))
+            return
+        threading.Thread(target=self._close, args=(process,), daemon=True).start()
 
-    def _reap(self, worker: str, process: _Process) -> None:
-        """The channel closed: the worker's code ended or its process died.
-
-        A gateway outlives the code it ran, so ask it to exit, then collect
-        the exit status (a signal when the process crashed).
-        """
-        returncode = None
+    def _close(self, process: _Process) -> None:
+        """The worker's code ended (or it died): a gateway outlives the code it
+        ran, so ask it to exit, and force it after a grace period."""
         if process.gateway is not None:
             with contextlib.suppress(OSError, EOFError):  # it is gone already
                 process.gateway.exit()
-        if process.popen is not None:
-            try:
-                returncode = process.popen.wait(KILL_GRACE)
-            except subprocess.TimeoutExpired:
-                _signal_group(process.popen, signal.SIGKILL)
-                returncode = process.popen.wait()
+        self._force(process)
+
+    def _watch(self, worker: str, process: _Process) -> None:
+        """Wait for a worker's process to end, then end what it left behind.
+
+        Its death is told by the process, not by the channel: a child it
+        forked may hold the channel open.  The group goes with it (children
+        of a crashed test must not live on past its hold); then the channel's
+        last messages are let through before the end is told.
+        """
+        assert process.popen is not None
+        returncode = process.popen.wait()
+        with contextlib.suppress(OSError):
+            os.killpg(process.popen.pid, signal.SIGKILL)
+        if process.channel is not None:
+            process.closed.wait(KILL_GRACE)
         process.ended.set()
         self._emit(worker, process, Event(worker, None, describe_exit(returncode)))
 
@@ -222,8 +238,6 @@ _END: Final = object()
 
 def _signal_group(popen: subprocess.Popen[bytes], signum: int) -> None:
     """Signal a worker's process group (its own pid), or just the worker."""
-    if popen.poll() is not None:
-        return
     try:
         os.killpg(popen.pid, signum)
     except OSError:

@@ -306,6 +306,43 @@ def test_crash_in_any_phase_gives_each_phase_one_report(pytester: pytest.Pyteste
     }
 
 
+def test_a_crashed_test_leaves_no_process_behind(pytester: pytest.Pytester) -> None:
+    """Regression (review): a child of a crashed test outlived its hold, and a
+    forked child that kept the channel open hung the run."""
+    pytester.makepyfile(
+        """
+        import multiprocessing, os, subprocess, time, pytest
+
+        @pytest.mark.resource("db")
+        def test_1_starts_a_server_and_dies():
+            server = subprocess.Popen(["sleep", "60"])
+            with open("server.pid", "w") as f:
+                f.write(str(server.pid))
+            os._exit(3)
+
+        def _linger():
+            time.sleep(60)
+
+        def test_1_forks_and_dies():
+            multiprocessing.get_context("fork").Process(target=_linger).start()
+            os._exit(4)
+
+        @pytest.mark.resource("db")
+        def test_2_db_is_free_again():
+            pid = int(open("server.pid").read())
+            time.sleep(0.5)  # the group is killed as the worker's death is seen
+            try:  # gone, or a zombie waiting for a reaper
+                state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                state = "gone"
+            assert state in ("gone", "Z")
+        """
+    )
+    result = run(pytester, "-n", "2", "-p", "no:randomly")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines_random(["*crashed: exit code 3*", "*crashed: exit code 4*"])
+
+
 def test_segfault_and_kill_are_named(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
