@@ -97,6 +97,9 @@ class Controller:
         #: When the loop started and ended, by the controller's clock.
         self._span: tuple[float, float] | None = None
         self._settled = 0
+        #: The session and machine of the running loop (for stop checks).
+        self._session: pytest.Session | None = None
+        self._machine: StateMachine | None = None
         self._workercount = 0
         self._stopping = False
 
@@ -149,6 +152,7 @@ class Controller:
             task_timeout=self._settings.task_timeout,
             max_restarts=self._settings.max_restarts,
         )
+        self._session = session
         completed = False
         try:
             self._loop(session, machine, spawner)
@@ -181,6 +185,7 @@ class Controller:
 
     def _loop(self, session: pytest.Session, machine: StateMachine, spawner: ExecnetSpawner) -> None:
         started = self._clock()
+        self._machine = machine
         machine.step(started)
         self._settle(machine)
         while not machine.done:
@@ -192,10 +197,6 @@ class Controller:
             else:
                 self._handle(event, machine)
             self._settle(machine)
-            stop = session.shouldfail or session.shouldstop
-            if stop and machine.aborted is None:
-                machine.abort(Reason.ABORTED, str(stop), self._clock())
-                self._settle(machine)
         self._stopping = True
         self._span = (started, self._clock())
         machine.shutdown()
@@ -231,13 +232,25 @@ class Controller:
         else:
             raise AssertionError(f"unexpected message {message.name!r} from {worker}")
 
+    def _check_stop(self) -> None:
+        """Abort the queues as soon as a report reached pytest's failure limit,
+        before anything else can start."""
+        session, machine = self._session, self._machine
+        if session is None or machine is None or machine.aborted is not None:
+            return
+        stop = session.shouldfail or session.shouldstop
+        if stop:
+            machine.abort(Reason.ABORTED, str(stop), self._clock())
+
     def _settle(self, machine: StateMachine) -> None:
         """Report the tasks that finished without a worker's reports."""
-        for task in machine.finished[self._settled :]:
+        while self._settled < len(machine.finished):
+            task = machine.finished[self._settled]
             self._settled += 1
             if task.reason in (Reason.INVALID, Reason.IMPOSSIBLE):
                 item = self._items[task.id]
                 item.ihook.pytest_runtest_protocol(item=item, nextitem=None)
+                self._check_stop()
             elif task.reason in (Reason.CRASHED, Reason.TIMEOUT):
                 when = self._lost_phase(task.id)
                 text = LOST_TEXT.format(detail=task.detail, nodeid=task.name)
@@ -258,11 +271,13 @@ class Controller:
             self._config.hook.pytest_runtest_logreport(report=report)
         finally:
             self._replaying = None
+        self._check_stop()
 
     def _report_failure(self, worker: str, task_id: int, when: Phase, text: str) -> None:
         """Report a test that failed outside pytest's reach, then close it."""
         item = self._items[task_id]
-        self._replay(worker, task_id, _report(item, "failed", when, text))
+        if when not in self._phases.get(task_id, {}):  # lost after its last report: nothing to add
+            self._replay(worker, task_id, _report(item, "failed", when, text))
         if "teardown" not in self._phases[task_id]:
             self._replay(worker, task_id, _report(item, "passed", "teardown", None))
         self._log_finish(task_id)

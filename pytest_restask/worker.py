@@ -133,8 +133,12 @@ class WorkerSession:
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
         if self._current is None or self._current[1] is not item or self._asked:
             return
+        self._ask_and_tear_down(self._current[0], item)
+
+    def _ask_and_tear_down(self, task_id: int, item: pytest.Item) -> None:
+        """Ask what follows a task, then end what the answer does not need."""
         self._asked = True
-        self.send(AtTeardown(self._current[0]))
+        self.send(AtTeardown(task_id))
         answer = self.receive()
         if not isinstance(answer, Next):
             raise ProtocolError(f"expected 'next' at teardown, got {answer.name!r}")
@@ -159,6 +163,8 @@ class WorkerSession:
         nodeid: str,
         location: tuple[str, int, str] | None,
     ) -> None:
+        if when != "runtest":
+            return  # the controller configured and collected too, and warned itself
         category = warning_message.category or UserWarning
         self.send(
             WarningRecorded(
@@ -196,10 +202,7 @@ class WorkerSession:
             self._current = None
         if not self._asked:
             # a plugin ran the protocol without our teardown hook; ask now
-            self.send(AtTeardown(message.task_id))
-            answer = self.receive()
-            assert isinstance(answer, Next)
-            self._next = answer
+            self._ask_and_tear_down(message.task_id, item)
         self.send(Done(message.task_id))
         # the controller owns stopping; see the module docstring
         self._session.shouldfail = False

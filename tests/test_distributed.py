@@ -222,6 +222,43 @@ def test_failfast_stops_starting_tests(pytester: pytest.Pytester) -> None:
         result.stdout.fnmatch_lines([f"*{not_run} of 31 tests not run: stopping after *"])
 
 
+def test_failfast_after_a_triage_error_starts_nothing(pytester: pytest.Pytester) -> None:
+    """Regression (review): the first worker to be ready was given a test
+    although a declaration error had already reached the -x limit."""
+    pytester.makepyfile(
+        """
+        import pytest
+        def test_1(): pass
+        @pytest.mark.resource()
+        def test_bad(): pass
+        def test_2(): pass
+        """
+    )
+    result = run(pytester, "-n", "2", "-x")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*2 of 3 tests not run: stopping after 1 failures*"])
+
+
+def test_warnings_are_reported_once(pytester: pytest.Pytester) -> None:
+    """Regression (review): workers forwarded the collection warnings that
+    the controller had already recorded."""
+    pytester.makepyfile(
+        """
+        import warnings
+        warnings.warn(UserWarning("at import"))
+
+        class TestNotCollected:
+            def __init__(self): pass
+
+        def test_warns():
+            warnings.warn(UserWarning("in the test"))
+        """
+    )
+    serial = pytester.runpytest_subprocess(*RUN, timeout=TIMEOUT)
+    parallel = run(pytester, "-n", "3")
+    assert parallel.parseoutcomes() == serial.parseoutcomes() == {"passed": 1, "warnings": 3}
+
+
 def test_crash_costs_one_test_and_the_worker_is_replaced(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
