@@ -21,6 +21,7 @@ report, so every reporter closes it.
 from __future__ import annotations
 
 import queue
+import signal
 import sys
 import time
 import uuid
@@ -154,10 +155,13 @@ class Controller:
         )
         self._session = session
         completed = False
+        # a CI job cancelled with SIGTERM ends like Ctrl-C: workers ended, a summary, exit 2
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             self._loop(session, machine, spawner)
             completed = True
         finally:
+            signal.signal(signal.SIGTERM, previous)
             if completed:
                 spawner.close()
             else:
@@ -359,6 +363,10 @@ def _report(
         sections=[],
         user_properties=[],
     )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
 
 
 def _warning_category(module: str, name: str) -> type[Warning]:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -369,7 +375,7 @@ def test_a_crashed_test_leaves_no_process_behind(pytester: pytest.Pytester) -> N
             pid = int(open("server.pid").read())
             time.sleep(0.5)  # the group is killed as the worker's death is seen
             try:  # gone, or a zombie waiting for a reaper
-                state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
             except FileNotFoundError:
                 state = "gone"
             assert state in ("gone", "Z")
@@ -504,6 +510,36 @@ def test_auto_starts_one_worker_per_cpu(pytester: pytest.Pytester) -> None:
         """
     )
     run(pytester, "-n", "auto").assert_outcomes(passed=8)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_ends_the_workers_and_exits_2(pytester: pytest.Pytester, signum: int) -> None:
+    pytester.makepyfile(
+        """
+        import os, time
+        def test_slow(worker_id):
+            with open(f"pid-{worker_id}", "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(60)
+        def test_slow_too(worker_id):
+            test_slow(worker_id)
+        """
+    )
+    process = pytester.popen([sys.executable, "-m", "pytest", *RUN, "-n", "2"], stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(list(pytester.path.glob("pid-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signum)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == pytest.ExitCode.INTERRUPTED
+    assert b"KeyboardInterrupt" in out
+    time.sleep(0.5)
+    for path in pytester.path.glob("pid-*"):
+        pid = int(path.read_text())
+        state = "gone"
+        with contextlib.suppress(FileNotFoundError):
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert state in ("gone", "Z"), path.name
 
 
 def test_no_tests_exits_5(pytester: pytest.Pytester) -> None:
