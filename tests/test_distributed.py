@@ -375,7 +375,8 @@ def test_a_crashed_test_leaves_no_process_behind(pytester: pytest.Pytester) -> N
             pid = int(open("server.pid").read())
             time.sleep(0.5)  # the group is killed as the worker's death is seen
             try:  # gone, or a zombie waiting for a reaper
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                with open(f"/proc/{pid}/stat") as stat:
+                    state = stat.read().rsplit(")", 1)[1].split()[0]
             except FileNotFoundError:
                 state = "gone"
             assert state in ("gone", "Z")
