@@ -102,7 +102,6 @@ class Controller:
         self._session: pytest.Session | None = None
         self._machine: StateMachine | None = None
         self._workercount = 0
-        self._stopping = False
 
     # -- hooks --------------------------------------------------------------------
 
@@ -201,7 +200,6 @@ class Controller:
             else:
                 self._handle(event, machine)
             self._settle(machine)
-        self._stopping = True
         self._span = (started, self._clock())
         machine.shutdown()
 
@@ -209,10 +207,7 @@ class Controller:
         now = self._clock()
         worker, message = event.worker, event.message
         if message is None:
-            if self._stopping:
-                machine.worker_stopped(worker)
-            else:
-                machine.worker_died(worker, event.cause, now)
+            machine.worker_died(worker, event.cause, now)
         elif isinstance(message, Ready):
             machine.worker_ready(worker, now)
         elif isinstance(message, Report):

@@ -122,7 +122,7 @@ class _Worker:
     #: A task handed over to follow ``running`` once its teardown is done.
     queued: Task | None = None
     #: While KILLING: the task it is killed for, why, and a detail.
-    kill_reason: tuple[int, Reason, str] | None = None
+    kill_reason: tuple[Task, Reason, str] | None = None
 
 
 @dataclass(slots=True)
@@ -330,10 +330,10 @@ class StateMachine:
         reason, detail = Reason.CRASHED, f"worker {worker} crashed: {cause}"
         if state.kill_reason is not None:
             killed_for, kill_reason, kill_detail = state.kill_reason
-            if state.running is not None and state.running.id == killed_for:
+            if state.running is killed_for:
                 reason, detail = kill_reason, kill_detail
             else:  # the killed task finished just before; the next one is lost with the worker
-                detail = f"worker {worker} was ended because {self._name_of(killed_for)} ran too long"
+                detail = f"worker {worker} was ended because {killed_for.name} ran too long"
         if state.running is not None:
             self._finish(state.running, now, reason, detail)
         if state.queued is not None:
@@ -354,10 +354,6 @@ class StateMachine:
         state.phase = WorkerPhase.STARTING
         self._spawner.start_worker(worker)
 
-    def worker_stopped(self, worker: str) -> None:
-        """A worker shut down cleanly at the end."""
-        self._workers[worker].phase = WorkerPhase.GONE
-
     def tick(self, now: float) -> None:
         """Kill the workers whose task ran past the task timeout."""
         for state in self._workers.values():
@@ -366,7 +362,7 @@ class StateMachine:
                 assert state.running is not None
                 state.phase = WorkerPhase.KILLING
                 state.kill_reason = (
-                    state.running.id,
+                    state.running,
                     Reason.TIMEOUT,
                     f"timed out after {self._task_timeout:g} s on {state.name}",
                 )
@@ -386,12 +382,6 @@ class StateMachine:
             state.phase = WorkerPhase.GONE
 
     # -- implementation ------------------------------------------------------
-
-    def _name_of(self, task_id: int) -> str:
-        for task in self.queues.finished:
-            if task.id == task_id:
-                return task.name
-        return f"task {task_id}"
 
     def _nothing_waits(self) -> bool:
         q = self.queues
