@@ -20,6 +20,7 @@ report, so every reporter closes it.
 
 from __future__ import annotations
 
+import collections
 import queue
 import signal
 import sys
@@ -34,16 +35,18 @@ import pytest
 from .messages import (
     AtTeardown,
     Done,
+    Interrupted,
     Missing,
     Ready,
     Report,
     Setup,
     WarningRecorded,
     WorkerFailed,
+    collection_digest,
 )
-from .plugin import Settings, declaration_error, requirement_of
+from .plugin import Settings, declaration_error, declaration_of
 from .resources import LockTable
-from .spawner import Event, ExecnetSpawner
+from .spawner import STOP_GRACE, Event, ExecnetSpawner
 from .statemachine import Reason, StateMachine, Task
 
 __all__ = ["Controller"]
@@ -55,6 +58,12 @@ MISSING_TEXT: Final = (
     "make the collection deterministic (no random parametrization)"
 )
 LOST_TEXT: Final = "{detail} while running {nodeid}"
+COLLECTION_DIFFERS: Final = (
+    "{worker} collected different tests than the controller; make the collection deterministic "
+    "(for example, no random values in parametrize ids)"
+)
+KEYBOARD_TEXT: Final = "raised in {nodeid} on {worker} at {where}"
+STILL_HELD: Final = "restask internal error: resources still held after the run: {holders}; please report this"
 SUMMARY_TEXT: Final = (
     "restask: {tests} tests on {workers} workers in {wall:.2f}s; "
     "their setup, call and teardown add up to {busy:.2f}s ({ratio:.1f}x)"
@@ -91,6 +100,11 @@ class Controller:
         self._in_teardown: set[int] = set()
         #: What a failing worker said before it ended, by worker.
         self._worker_failures: dict[str, str] = {}
+        #: How a worker's collection differed from the controller's, by worker.
+        self._collection_differences: dict[str, str] = {}
+        #: The sorted node ids collected here, and their digest for the workers.
+        self._nodeids: list[str] = []
+        self._digest = ""
         #: The worker whose report is being replayed (for ``[gwN]`` in -v).
         self._replaying: str | None = None
         #: Seconds of setup, call and teardown the workers reported.
@@ -135,6 +149,8 @@ class Controller:
         if self._config.option.collectonly:
             return True
         self._items = list(session.items)
+        self._nodeids = sorted({item.nodeid for item in self._items})
+        self._digest = collection_digest(self._nodeids)
         seen: dict[str, int] = {}
         for item in self._items:
             self._occurrence.append(seen.get(item.nodeid, 0))
@@ -158,6 +174,7 @@ class Controller:
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             self._loop(session, machine, spawner)
+            self._drain(spawner)
             completed = True
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -165,6 +182,11 @@ class Controller:
                 spawner.close()
             else:
                 spawner.kill_all()
+        if not table.is_empty():
+            holders = ", ".join(
+                self._items[holder].nodeid if isinstance(holder, int) else repr(holder) for holder, _ in table.holders()
+            )
+            raise RuntimeError(STILL_HELD.format(holders=holders))
         if machine.aborted is not None and not (session.shouldfail or session.shouldstop):
             session.shouldfail = machine.aborted[1]
         if session.shouldfail:
@@ -183,6 +205,12 @@ class Controller:
         for worker, text in sorted(self._worker_failures.items()):
             terminalreporter.write_sep("-", f"worker {worker} failed outside a test", red=True)
             terminalreporter.write_line(text.rstrip())
+        for worker, text in sorted(self._collection_differences.items()):
+            terminalreporter.write_sep("-", f"collection differs on {worker}", red=True)
+            terminalreporter.write_line(text)
+        if self._machine is not None:
+            for line in self._machine.lost_outside_tests:
+                terminalreporter.write_line(f"restask: {line}; it was replaced", yellow=True)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -203,13 +231,37 @@ class Controller:
         self._span = (started, self._clock())
         machine.shutdown()
 
+    def _drain(self, spawner: ExecnetSpawner) -> None:
+        """Report what workers say while they shut down.
+
+        A worker ends the session fixtures it kept at shutdown; a teardown
+        error there arrives as a report of the last test it ran, and a
+        failing plugin as a worker failure.  Nothing else is expected now.
+        """
+        deadline = self._clock() + STOP_GRACE
+        while True:
+            running = spawner.running()
+            try:
+                event = spawner.events.get(timeout=0.1 if running else 0)
+            except queue.Empty:
+                if not running or self._clock() > deadline:
+                    return
+                continue
+            if isinstance(event.message, Report):
+                self._replay_report(event.worker, event.message)
+            elif isinstance(event.message, WorkerFailed):
+                self._worker_failures[event.worker] = event.message.text
+
     def _handle(self, event: Event, machine: StateMachine) -> None:
         now = self._clock()
         worker, message = event.worker, event.message
         if message is None:
             machine.worker_died(worker, event.cause, now)
         elif isinstance(message, Ready):
-            machine.worker_ready(worker, now)
+            if message.nodeids:
+                self._collection_differed(worker, message.nodeids, machine)
+            else:
+                machine.worker_ready(worker, now)
         elif isinstance(message, Report):
             self._replay_report(worker, message)
         elif isinstance(message, AtTeardown):
@@ -228,8 +280,22 @@ class Controller:
             machine.task_done(worker, message.task_id, now)
         elif isinstance(message, WorkerFailed):
             self._worker_failures[worker] = message.text
+        elif isinstance(message, Interrupted):
+            nodeid = self._items[message.task_id].nodeid
+            if message.kind == "exit":
+                raise pytest.exit.Exception(message.text, message.returncode)
+            raise KeyboardInterrupt(KEYBOARD_TEXT.format(nodeid=nodeid, worker=worker, where=message.text))
         else:
             raise AssertionError(f"unexpected message {message.name!r} from {worker}")
+
+    def _collection_differed(self, worker: str, nodeids: list[str], machine: StateMachine) -> None:
+        """Stop the run: a worker that collected other tests might run the
+        wrong one under a right name.  The worker is given nothing."""
+        self._collection_differences[worker] = describe_difference(worker, self._nodeids, nodeids)
+        reason = COLLECTION_DIFFERS.format(worker=worker)
+        if self._session is not None and not self._session.shouldstop:
+            self._session.shouldstop = reason
+        machine.abort(Reason.ABORTED, reason, self._clock())
 
     def _check_stop(self) -> None:
         """Abort the queues as soon as a report reached pytest's failure limit,
@@ -322,7 +388,8 @@ class Controller:
         error = declaration_error(item, table)
         if error is not None:
             return Task(index, item.nodeid, error=error)
-        return Task(index, item.nodeid, requirement_of(item))
+        declaration = declaration_of(item)
+        return Task(index, item.nodeid, declaration.requirement, timeout=declaration.timeout)
 
     def _locate(self, task: Task) -> tuple[str, int]:
         return self._items[task.id].nodeid, self._occurrence[task.id]
@@ -334,6 +401,7 @@ class Controller:
         if self._config.pluginmanager.has_plugin("xdist"):
             overrides.append("--dist=no")
         return Setup(
+            collection=self._digest,
             args=[*params.args, *overrides],
             invocation_dir=str(params.dir),
             workerinput={
@@ -343,6 +411,22 @@ class Controller:
                 "mainargv": list(sys.argv),
             },
         )
+
+
+def describe_difference(worker: str, ours: list[str], theirs: list[str], shown: int = 10) -> str:
+    """Say which node ids only the controller, and which only ``worker``, collected."""
+    mine, other = collections.Counter(ours), collections.Counter(theirs)
+    lines = [f"the controller collected {len(ours)} test ids, {worker} {len(theirs)}"]
+    for title, ids in (
+        ("only on the controller", sorted((mine - other).elements())),
+        (f"only on {worker}", sorted((other - mine).elements())),
+    ):
+        if ids:
+            lines.append(f"{title} ({len(ids)}):")
+            lines.extend(f"    {nodeid}" for nodeid in ids[:shown])
+            if len(ids) > shown:
+                lines.append(f"    ... and {len(ids) - shown} more")
+    return "\n".join(lines)
 
 
 def _report(

@@ -13,11 +13,14 @@ imports it before anything else of ours.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from collections.abc import Iterable
 from typing import Any, ClassVar, Final, TypeAlias, final
 
 __all__ = [
     "AtTeardown",
     "Done",
+    "Interrupted",
     "Message",
     "Missing",
     "Next",
@@ -28,14 +31,16 @@ __all__ = [
     "Shutdown",
     "WarningRecorded",
     "WorkerFailed",
+    "collection_digest",
     "from_wire",
+    "plain",
     "to_wire",
 ]
 
 #: The key in ``config.workerinput`` that marks a restask worker.
 WORKERINPUT_KEY: Final = "restask_protocol"
 #: Bumped whenever a message changes shape.
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 
 Wire: TypeAlias = tuple[str, dict[str, Any]]
 
@@ -65,6 +70,9 @@ class Setup(Message):
     invocation_dir: str
     #: ``config.workerinput`` for the worker (xdist-compatible keys).
     workerinput: dict[str, Any]
+    #: :func:`collection_digest` of the controller's items: a worker that
+    #: collects anything else says so at once, with its list.
+    collection: str = ""
 
 
 @final
@@ -104,6 +112,8 @@ class Ready(Message):
     name: ClassVar[str] = "ready"
     pid: int
     collected: int
+    #: The worker's node ids, sent only when they differ from the controller's.
+    nodeids: list[str] = dataclasses.field(default_factory=list)
 
 
 @final
@@ -169,9 +179,37 @@ class WorkerFailed(Message):
     text: str
 
 
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Interrupted(Message):
+    """A test raised ``pytest.exit()`` or ``KeyboardInterrupt``: the run ends,
+    as it would serially."""
+
+    name: ClassVar[str] = "interrupted"
+    task_id: int
+    #: "exit" (``pytest.exit``) or "keyboard" (``KeyboardInterrupt``).
+    kind: str
+    #: ``pytest.exit``'s reason, or where the interrupt was raised.
+    text: str
+    #: ``pytest.exit``'s return code, if it gave one.
+    returncode: int | None = None
+
+
 _MESSAGES: Final[dict[str, type[Message]]] = {
     cls.name: cls
-    for cls in (Setup, Next, Shutdown, Ready, Report, WarningRecorded, AtTeardown, Done, Missing, WorkerFailed)
+    for cls in (
+        Setup,
+        Next,
+        Shutdown,
+        Ready,
+        Report,
+        WarningRecorded,
+        AtTeardown,
+        Done,
+        Missing,
+        WorkerFailed,
+        Interrupted,
+    )
 }
 
 
@@ -194,3 +232,41 @@ def from_wire(wire: object) -> Message:
         return cls(**fields)
     except TypeError as e:
         raise ProtocolError(f"message {name!r} has the wrong fields: {e}") from None
+
+
+def collection_digest(nodeids: Iterable[str]) -> str:
+    """Return a short fingerprint of a collection, in order."""
+    digest = hashlib.sha256()
+    for nodeid in nodeids:
+        digest.update(nodeid.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def plain(value: object) -> object:
+    """Return ``value`` as builtins that the channel can always carry.
+
+    A report's data holds whatever tests and plugins put there: objects in
+    ``user_properties``, a custom ``longrepr``, text with lone surrogates.
+    Containers are rebuilt, text is made encodable, and anything else
+    becomes its ``str()``, so a report is shown as well as it can be
+    rather than lost.
+    """
+    if value is None or isinstance(value, (bool, int, float, bytes)):
+        return value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [plain(v) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    try:
+        text = str(value)  # as pytest shows a longrepr, and junitxml a property
+    except Exception as e:  # a broken __str__ must not lose the report
+        text = f"<{type(value).__qualname__} object: str() failed: {e!r}>"
+    return plain(text)

@@ -20,7 +20,10 @@ command line or in ``addopts``), and otherwise leaves xdist alone.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Final, final
 
 import pytest
@@ -40,8 +43,10 @@ from .resources import (
 __all__ = [
     "FAILFAST_REASON",
     "LocalRun",
+    "Declaration",
     "Settings",
     "declaration_error",
+    "declaration_of",
     "requirement_of",
     "restask_slots",
 ]
@@ -66,7 +71,20 @@ FAILFAST_REASON: Final = "stopping after the first failure (--failfast)"
 NOT_APPLY_TIMEOUT: Final = "--task-timeout applies only when tests run on workers (-n N); it is ignored here"
 PDB_CONFLICT: Final = "{flag} cannot be used with -n {n}: a debugger needs the test in this process; use -n 0"
 
-_REQUIREMENT_KEY: Final = pytest.StashKey[Requirement | str]()
+TIMEOUT_MARKER: Final = (
+    "timeout(seconds): end the test on its worker after this many seconds, setup to teardown, "
+    "and report it failed; 0 for no limit (pytest-restask; pytest-timeout's marker where it is installed)"
+)
+NOT_APPLY_TIMEOUT_MARKER: Final = (
+    "@pytest.mark.timeout is on {count} test(s) but applies only when tests run on workers (-n N) "
+    "or with pytest-timeout installed; it is ignored here"
+)
+#: Extra seconds before restask ends a test marked ``timeout(S)`` where
+#: pytest-timeout is installed: that plugin fails the test first, with a
+#: stack dump, and restask's kill is only the backstop.
+TIMEOUT_MARGIN: Final = 5.0
+
+_DECLARATION_KEY: Final = pytest.StashKey["Declaration | str"]()
 
 
 def _count(value: str, expected: str) -> int:
@@ -193,6 +211,8 @@ def _is_restask_worker(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", RESOURCE_MARKER)
     config.addinivalue_line("markers", SERIAL_MARKER)
+    if not config.pluginmanager.has_plugin("timeout"):  # pytest-timeout registers its own
+        config.addinivalue_line("markers", TIMEOUT_MARKER)
     if not _has_xdist(config.pluginmanager):
         config.pluginmanager.register(compat, "restask.compat")
     if _is_restask_worker(config):
@@ -221,9 +241,19 @@ def restask_slots(request: pytest.FixtureRequest) -> dict[str, list[int]]:
     return {name: list(numbers) for name, numbers in request.node.stash.get(holds.SLOTS_KEY, {}).items()}
 
 
-def requirement_of(item: pytest.Item) -> Requirement:
-    """Return what a test needs, from its markers; raise :class:`ResourceError`."""
-    cached = item.stash.get(_REQUIREMENT_KEY, None)
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Declaration:
+    """What a test's markers declare to the scheduler."""
+
+    requirement: Requirement
+    #: Seconds from ``@pytest.mark.timeout`` (0: no limit), or None without one.
+    timeout: float | None = None
+
+
+def declaration_of(item: pytest.Item) -> Declaration:
+    """Return what a test declares, from its markers; raise :class:`ResourceError`."""
+    cached = item.stash.get(_DECLARATION_KEY, None)
     if cached is None:
         try:
             requests = []
@@ -233,13 +263,49 @@ def requirement_of(item: pytest.Item) -> Requirement:
             for mark in item.iter_markers("serial"):
                 parse_serial_marker(mark.args, mark.kwargs)
                 serial = True
-            cached = merge_requests(requests, serial)
+            requirement = merge_requests(requests, serial)
         except ResourceError as e:
             cached = f"invalid resource declaration on {item.nodeid}: {e}"
-        item.stash[_REQUIREMENT_KEY] = cached
+        else:
+            cached = _with_timeout(item, requirement)
+        item.stash[_DECLARATION_KEY] = cached
     if isinstance(cached, str):
         raise ResourceError(cached)
     return cached
+
+
+def _with_timeout(item: pytest.Item, requirement: Requirement) -> Declaration | str:
+    mark = item.get_closest_marker("timeout")
+    if mark is None:
+        return Declaration(requirement)
+    try:
+        seconds = parse_timeout_marker(mark.args, mark.kwargs)
+    except ResourceError as e:
+        return f"invalid timeout marker on {item.nodeid}: {e}"
+    if seconds and item.config.pluginmanager.has_plugin("timeout"):
+        seconds += TIMEOUT_MARGIN
+    return Declaration(requirement, seconds)
+
+
+def parse_timeout_marker(args: Sequence[object], kwargs: Mapping[str, object]) -> float:
+    """Parse ``timeout(seconds)`` as pytest-timeout spells it; its ``method``
+    and ``func_only`` are accepted and left to pytest-timeout."""
+    unknown = sorted(set(kwargs) - {"timeout", "method", "func_only"})
+    if unknown:
+        raise ResourceError(f"unexpected keyword argument {unknown[0]!r}; use timeout(seconds)")
+    if len(args) > 3 or (args and "timeout" in kwargs):
+        raise ResourceError("give the seconds once: timeout(seconds)")
+    if not args and "timeout" not in kwargs:
+        raise ResourceError("the number of seconds is missing: timeout(seconds)")
+    value = args[0] if args else kwargs["timeout"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ResourceError(f"expected a number of seconds (0 for no limit), got {value!r}")
+    return float(value)
+
+
+def requirement_of(item: pytest.Item) -> Requirement:
+    """Return what a test needs, from its markers; raise :class:`ResourceError`."""
+    return declaration_of(item).requirement
 
 
 def declaration_error(item: pytest.Item, table: LockTable) -> str | None:
@@ -268,10 +334,20 @@ class LocalRun:
         self.table = LockTable(settings.capacities)
         #: Tests whose reporting finished (in any mode).
         self._finished = 0
+        self._interrupted = False
         self._session: pytest.Session | None = None
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self._session = session
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if self._settings.workers or self._config.pluginmanager.has_plugin("timeout"):
+            return
+        marked = [item for item in session.items if item.get_closest_marker("timeout") is not None]
+        if marked:  # once, at the first marked test
+            path, line, _ = marked[0].location
+            warning = pytest.PytestConfigWarning(NOT_APPLY_TIMEOUT_MARKER.format(count=len(marked)))
+            warnings.warn_explicit(warning, type(warning), str(self._config.rootpath / path), (line or 0) + 1)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -297,11 +373,15 @@ class LocalRun:
     def pytest_runtest_logfinish(self) -> None:
         self._finished += 1
 
+    def pytest_keyboard_interrupt(self) -> None:
+        self._interrupted = True
+
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         session = self._session
         if session is None or self._config.getoption("collectonly"):
             return
         not_run = len(session.items) - self._finished
-        if not_run > 0 and self._finished > 0:
-            why = session.shouldfail or session.shouldstop or "the run was interrupted"
+        stopped = session.shouldfail or session.shouldstop
+        if not_run > 0 and (self._finished > 0 or self._interrupted or stopped):
+            why = stopped or "the run was interrupted"
             terminalreporter.write_sep("-", f"{not_run} of {len(session.items)} tests not run: {why}", yellow=True)

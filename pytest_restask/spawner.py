@@ -77,7 +77,10 @@ def describe_exit(returncode: int | None) -> str:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = "unknown signal"
-        return f"signal {-returncode} ({name})"
+        text = f"signal {-returncode} ({name})"
+        if -returncode == signal.SIGKILL:  # no process sends itself that by accident
+            text += ", as sent by the out-of-memory killer or kill -9"
+        return text
     return f"exit code {returncode}"
 
 
@@ -146,6 +149,10 @@ class ExecnetSpawner:
             if not process.ended.wait(STOP_GRACE) and process.popen is not None:
                 _signal_group(process.popen, signal.SIGKILL)
         self._group.terminate(timeout=KILL_GRACE)
+
+    def running(self) -> bool:
+        """Return whether any worker process has not ended yet."""
+        return any(not process.ended.is_set() for process in list(self._processes.values()))
 
     def kill_all(self) -> None:
         """End every worker at once (on an interrupt)."""

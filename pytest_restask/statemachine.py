@@ -72,6 +72,8 @@ class Task:
     requirement: Requirement = FREE
     #: A declaration error found at collection, finished in triage.
     error: str | None = None
+    #: Seconds this task may take (0: no limit), or None for the run's limit.
+    timeout: float | None = None
     worker: str | None = None
     grant: Grant | None = None
     started_at: float | None = None
@@ -177,6 +179,8 @@ class StateMachine:
         self._max_restarts = max_restarts
         #: How many workers have been replaced so far.
         self.restarts = 0
+        #: Workers that ended while running no task, and why (for the summary).
+        self.lost_outside_tests: list[str] = []
         #: Why no further task may start, once ``abort`` was called.
         self.aborted: tuple[Reason, str] | None = None
         self._bootstrapped = False
@@ -211,11 +215,15 @@ class StateMachine:
         """Return when a busy worker's task times out (one expression for
         :meth:`next_deadline` and :meth:`tick`, so rounding cannot split them)."""
         task = worker.running
-        if self._task_timeout is None or worker.phase is not WorkerPhase.BUSY or task is None:
+        if worker.phase is not WorkerPhase.BUSY or task is None or task.started_at is None:
             return None
-        if task.started_at is None:
-            return None
-        return task.started_at + self._task_timeout
+        limit = self._limit(task)
+        return None if limit is None else task.started_at + limit
+
+    def _limit(self, task: Task) -> float | None:
+        """Return the seconds a task may take, or None for no limit."""
+        limit = self._task_timeout if task.timeout is None else task.timeout
+        return limit or None
 
     # -- the loop ------------------------------------------------------------
 
@@ -336,6 +344,8 @@ class StateMachine:
                 detail = f"worker {worker} was ended because {killed_for.name} ran too long"
         if state.running is not None:
             self._finish(state.running, now, reason, detail)
+        elif state.kill_reason is None and state.phase is not WorkerPhase.KILLING:
+            self.lost_outside_tests.append(f"worker {worker} ended outside a test: {cause}")
         if state.queued is not None:
             self._requeue(state.queued, now)
         state.running = state.queued = state.kill_reason = None
@@ -364,7 +374,7 @@ class StateMachine:
                 state.kill_reason = (
                     state.running,
                     Reason.TIMEOUT,
-                    f"timed out after {self._task_timeout:g} s on {state.name}",
+                    f"timed out after {self._limit(state.running):g} s on {state.name}",
                 )
                 self._spawner.kill_worker(state.name)
 

@@ -35,11 +35,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 import warnings
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import pytest
 
@@ -48,6 +51,7 @@ from pytest_restask.messages import (
     WORKERINPUT_KEY,
     AtTeardown,
     Done,
+    Interrupted,
     Message,
     Missing,
     Next,
@@ -58,7 +62,9 @@ from pytest_restask.messages import (
     Shutdown,
     WarningRecorded,
     WorkerFailed,
+    collection_digest,
     from_wire,
+    plain,
     to_wire,
 )
 
@@ -76,8 +82,10 @@ class Channel(Protocol):
 class WorkerSession:
     """The pytest plugin that drives a worker's session from the channel."""
 
-    def __init__(self, channel: Channel, workerinput: dict[str, Any]) -> None:
+    def __init__(self, channel: Channel, workerinput: dict[str, Any], collection: str = "") -> None:
         self._channel = channel
+        #: The controller's :func:`~.messages.collection_digest`.
+        self._collection = collection
         #: Set on ``config`` before any other plugin configures.
         self._workerinput = workerinput
         #: Collected items by node id (a list: ids may repeat).
@@ -87,6 +95,8 @@ class WorkerSession:
         self._asked = False
         #: The answer received during the current task's teardown.
         self._next: Next | None = None
+        #: The last task run, and its item: a shutdown's teardown belongs to it.
+        self._last: tuple[int, pytest.Item] | None = None
         self._session: pytest.Session | None = None
         self._config: pytest.Config | None = None
 
@@ -96,7 +106,14 @@ class WorkerSession:
         return self._session is not None
 
     def send(self, message: Message) -> None:
-        self._channel.send(to_wire(message))
+        wire = to_wire(message)
+        try:
+            self._channel.send(wire)
+        except OSError:
+            raise  # the channel is gone: nothing to retry
+        except Exception:
+            # execnet carries builtins only; a report may hold anything
+            self._channel.send(plain(wire))
 
     def receive(self) -> Message:
         return from_wire(self._channel.receive())
@@ -111,6 +128,12 @@ class WorkerSession:
         setattr(config, "workeroutput", {})  # noqa: B010
         self._config = config
 
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        # the terminal reporter took /dev/null as its file; with -s a test's
+        # print() goes where its fd 1 goes: to the controller's stderr
+        if session.config.getoption("capture") == "no":
+            sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
+
     def pytest_internalerror(self, excrepr: object) -> None:
         # pytest prints it to stdout, which execnet points at /dev/null
         self.send(WorkerFailed(f"INTERNALERROR on the worker:\n{excrepr}"))
@@ -120,13 +143,18 @@ class WorkerSession:
         self._session = session
         for item in session.items:
             self._items.setdefault(item.nodeid, []).append(item)
-        self.send(Ready(os.getpid(), len(session.items)))
+        nodeids = sorted(self._items.keys())
+        # only a differing collection is sent whole: the controller names the difference
+        same = not self._collection or collection_digest(nodeids) == self._collection
+        self.send(Ready(os.getpid(), len(session.items), [] if same else nodeids))
         message = self.receive()
         while isinstance(message, Next) and message.task_id is not None:
             self._run(message)
             message = self._next if self._next is not None and self._next.task_id is not None else self.receive()
         if not isinstance(message, (Shutdown, Next)):
             raise ProtocolError(f"unexpected message {message.name!r} while idle")
+        if self._last is not None:
+            self._end_session_fixtures(*self._last)
         return True
 
     @pytest.hookimpl(tryfirst=True)
@@ -151,10 +179,13 @@ class WorkerSession:
         _teardown_to(item.session, target)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self._current is None or self._config is None:
-            return
+        if self._current is not None:
+            self._send_report(self._current[0], report)
+
+    def _send_report(self, task_id: int, report: pytest.TestReport) -> None:
+        assert self._config is not None
         data = self._config.hook.pytest_report_to_serializable(config=self._config, report=report)
-        self.send(Report(self._current[0], data))
+        self.send(Report(task_id, data))
 
     def pytest_warning_recorded(
         self,
@@ -194,9 +225,16 @@ class WorkerSession:
             self.send(Missing(message.task_id, message.nodeid))
             return
         self._current, self._asked = (message.task_id, item), False
+        self._last = self._current
         holds.enter(item, message.slots)
         try:
             item.ihook.pytest_runtest_protocol(item=item, nextitem=item)
+        except pytest.exit.Exception as e:
+            self.send(Interrupted(message.task_id, "exit", e.msg, e.returncode))
+            raise
+        except KeyboardInterrupt as e:
+            self.send(Interrupted(message.task_id, "keyboard", _where(e)))
+            raise
         finally:
             holds.leave(item)
             self._current = None
@@ -207,6 +245,26 @@ class WorkerSession:
         # the controller owns stopping; see the module docstring
         self._session.shouldfail = False
         self._session.shouldstop = False
+
+    def _end_session_fixtures(self, task_id: int, item: pytest.Item) -> None:
+        """End what a worker told "nothing for now" kept (its session-scoped
+        fixtures), when it shuts down.
+
+        Serially these end in the last test's teardown, so an error here is
+        reported as a second teardown report of the last test this worker
+        ran, which counts exactly as it would in a serial run.
+        """
+        assert self._session is not None
+        session = self._session
+        call = pytest.CallInfo.from_call(lambda: _teardown_to(session, None), when="teardown")
+        if call.excinfo is not None:
+            self._send_report(task_id, pytest.TestReport.from_item_and_call(item, call))
+
+
+def _where(error: BaseException) -> str:
+    """Return "file:line" of the frame that raised ``error``."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "unknown location"
 
 
 def _teardown_to(session: pytest.Session, target: pytest.Item | pytest.Session | None) -> None:
@@ -234,13 +292,15 @@ def serve(channel: Channel) -> None:
     # and Ctrl-C in the terminal reaches only the controller, which relays it
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
+    _follow_parent(os.getppid())
+    _stdout_to_stderr()
     setup = from_wire(channel.receive())
     if not isinstance(setup, Setup):
         raise ProtocolError(f"expected 'setup' first, got {setup.name!r}")
     os.chdir(setup.invocation_dir)
     os.environ.update(_environment(setup.workerinput))
     workerinput = dict(setup.workerinput, **{WORKERINPUT_KEY: True})
-    session = WorkerSession(channel, workerinput)
+    session = WorkerSession(channel, workerinput, setup.collection)
     try:
         code = pytest.main(setup.args, plugins=[session])
     except BaseException:
@@ -249,3 +309,41 @@ def serve(channel: Channel) -> None:
     if not session.started:
         channel.send(to_wire(WorkerFailed(f"pytest ended before running tests (exit code {int(code)})")))
     sys.stdout.flush()
+
+
+#: Seconds between two looks at whether the controller still lives.
+PARENT_POLL: Final = 0.5
+
+
+def _follow_parent(parent: int) -> None:
+    """End this worker, and what its tests started, once the controller is gone.
+
+    A controller killed with SIGKILL cannot end its workers, and a worker in
+    the middle of a long test would not read the closed channel until the
+    test ends; a daemon thread notices that the process was re-parented.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        if os.getpgrp() == os.getpid():  # our own group: the test's children go too
+            os.killpg(0, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="restask-follow-parent", daemon=True).start()
+
+
+def _stdout_to_stderr() -> None:
+    """Point file descriptor 1 at the controller's stderr.
+
+    execnet carries the channel on the worker's original stdin and stdout
+    and points fd 1 at /dev/null; what a test's subprocess (or ``os.write``)
+    sends to fd 1 outside capturing would be lost.  It goes to stderr
+    instead, where the controller's terminal shows it.  ``sys.stdout``
+    becomes /dev/null, for the worker's terminal reporter: the worker's own
+    session header must not reach the terminal.  With ``-s`` tests get fd 1
+    back as ``sys.stdout`` (see :meth:`WorkerSession.pytest_sessionstart`).
+    """
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the whole life of the process
+    with contextlib.suppress(OSError):
+        os.dup2(2, 1)

@@ -1,0 +1,31 @@
+"""Whether processes that a test run started are still alive."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def alive(pid: int) -> bool:
+    """Return whether ``pid`` runs; a zombie waiting for its reaper is not alive."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def survivors(pids: Iterable[int], within: float = 5.0) -> list[int]:
+    """Return the pids still alive after waiting up to ``within`` seconds."""
+    pending = list(pids)
+    deadline = time.monotonic() + within
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pending = [pid for pid in pending if alive(pid)]
+    return pending
+
+
+def pids_in(directory: Path, pattern: str = "*.pid") -> list[int]:
+    """Return the pids written, one per file, as ``pattern`` in ``directory``."""
+    return [int(path.read_text()) for path in sorted(directory.glob(pattern))]
