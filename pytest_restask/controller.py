@@ -28,7 +28,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Generator
-from typing import Final, Literal, TypeAlias, final
+from typing import Any, Final, Literal, TypeAlias, final
 
 import pytest
 
@@ -324,7 +324,9 @@ class Controller:
     # -- replaying reports ---------------------------------------------------------
 
     def _replay_report(self, worker: str, message: Report) -> None:
-        report = self._config.hook.pytest_report_from_serializable(config=self._config, data=message.data)
+        item = self._items[message.task_id]
+        data = {**message.data, **_item_fields(item)}
+        report = self._config.hook.pytest_report_from_serializable(config=self._config, data=data)
         self._replay(worker, message.task_id, report)
 
     def _replay(self, worker: str, task_id: int, report: pytest.TestReport) -> None:
@@ -429,13 +431,16 @@ def describe_difference(worker: str, ours: list[str], theirs: list[str], shown: 
     return "\n".join(lines)
 
 
+def _item_fields(item: pytest.Item) -> dict[str, Any]:
+    """Return a report's :data:`~.messages.ITEM_FIELDS`, as pytest fills them in."""
+    return {"nodeid": item.nodeid, "location": item.location, "keywords": dict.fromkeys(item.keywords, 1)}
+
+
 def _report(
     item: pytest.Item, outcome: Literal["passed", "failed"], when: Phase, longrepr: str | None
 ) -> pytest.TestReport:
     return pytest.TestReport(
-        nodeid=item.nodeid,
-        location=item.location,
-        keywords=dict.fromkeys(item.keywords, 1),
+        **_item_fields(item),
         outcome=outcome,
         longrepr=longrepr,
         when=when,

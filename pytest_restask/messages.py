@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar, Final, TypeAlias, final
 
 __all__ = [
+    "ITEM_FIELDS",
     "AtTeardown",
     "Done",
     "Interrupted",
@@ -39,6 +40,10 @@ __all__ = [
 
 #: The key in ``config.workerinput`` that marks a restask worker.
 WORKERINPUT_KEY: Final = "restask_protocol"
+#: Fields of a serialized report that the controller takes from its own
+#: item instead (they are the item's): fewer bytes on the wire, and the
+#: controller's reports share their strings with its items.
+ITEM_FIELDS: Final = ("nodeid", "location", "keywords")
 #: Bumped whenever a message changes shape.
 PROTOCOL_VERSION: Final = 2
 
@@ -119,7 +124,8 @@ class Ready(Message):
 @final
 @dataclasses.dataclass(frozen=True, slots=True)
 class Report(Message):
-    """One test report, as ``pytest_report_to_serializable`` data."""
+    """One test report, as ``pytest_report_to_serializable`` data without
+    the :data:`ITEM_FIELDS`."""
 
     name: ClassVar[str] = "report"
     task_id: int

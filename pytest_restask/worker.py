@@ -48,6 +48,7 @@ import pytest
 
 from pytest_restask import holds
 from pytest_restask.messages import (
+    ITEM_FIELDS,
     WORKERINPUT_KEY,
     AtTeardown,
     Done,
@@ -185,6 +186,8 @@ class WorkerSession:
     def _send_report(self, task_id: int, report: pytest.TestReport) -> None:
         assert self._config is not None
         data = self._config.hook.pytest_report_to_serializable(config=self._config, report=report)
+        for key in ITEM_FIELDS:  # the controller has them from its own item
+            data.pop(key, None)
         self.send(Report(task_id, data))
 
     def pytest_warning_recorded(
