@@ -115,6 +115,33 @@ def test_timeout_kills_and_replaces() -> None:
     assert sm.table.is_empty()
 
 
+def test_a_task_timeout_overrides_the_run_limit_and_zero_means_none() -> None:
+    reqs = [needs()] * 3
+    plans = [Plan(hang=True), Plan(body=20.0), Plan(body=3.0)]
+    sm, sim = make_machine(reqs, plans, workers=3, task_timeout=5.0, max_restarts=4)
+    sm.queues.requested[0].timeout = 2.0  # @pytest.mark.timeout(2)
+    sm.queues.requested[1].timeout = 0.0  # @pytest.mark.timeout(0)
+    sim.run(sm)
+    finished = {t.id: t for t in sm.finished}
+    assert finished[0].reason is Reason.TIMEOUT
+    assert finished[0].detail == "timed out after 2 s on gw0"
+    assert finished[1].reason is Reason.COMPLETED  # ran 20 s, past the run's 5 s
+    assert finished[2].reason is Reason.COMPLETED
+    assert sm.lost_outside_tests == []  # the killed worker was ours to kill
+
+
+def test_a_worker_lost_outside_a_test_is_recorded_and_replaced() -> None:
+    reqs = [needs()] * 2
+    sm, sim = make_machine(reqs, [Plan(body=1.0)] * 2, workers=1, max_restarts=2)
+    sm.step(0.0)
+    sm.worker_died("gw0", "exit code 5", 0.1)  # while it was collecting
+    assert sm.phase("gw0") is WorkerPhase.STARTING
+    assert sm.lost_outside_tests == ["worker gw0 ended outside a test: exit code 5"]
+    sim.run(sm)
+    assert [t.reason for t in sm.finished] == [Reason.COMPLETED] * 2
+    assert sm.restarts == 1
+
+
 def test_shutdown_ends_a_worker_still_starting() -> None:
     killed: list[str] = []
     stopped: list[str] = []
