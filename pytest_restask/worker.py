@@ -28,6 +28,21 @@ is this test's teardown error, as in a serial run.  The controller owns
 stopping (``-x``, ``--maxfail``, ``--failfast``): the worker is started
 with ``--maxfail=0`` and clears its session's stop flags after each test.
 
+Faults
+------
+* The worker compares its collected ids with the controller's digest as
+  soon as it has collected, and sends its list only when they differ; the
+  controller then stops the run, naming the difference.
+* ``pytest.exit()`` or ``KeyboardInterrupt`` in a test is sent as
+  :class:`~.messages.Interrupted` before it ends this session as usual;
+  the controller raises the same, so the run ends as it would serially.
+* Session-scoped fixtures that a worker kept while idle end when it shuts
+  down; an error there becomes a second teardown report of its last test.
+* A daemon thread ends the worker, and its process group, once the
+  controller is gone (re-parented), even in the middle of a hung test.
+* A report that execnet cannot carry is sent again through
+  :func:`~.messages.plain`.
+
 This module imports nothing of ours but the messages and the slot helper.
 """
 
