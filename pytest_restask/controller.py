@@ -32,6 +32,7 @@ from typing import Any, Final, Literal, TypeAlias, final
 
 import pytest
 
+from .durations import Durations
 from .messages import (
     AtTeardown,
     Done,
@@ -83,9 +84,17 @@ def _worker_name(index: int) -> str:
 class Controller:
     """The distributed session; see the module docstring."""
 
-    def __init__(self, config: pytest.Config, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: pytest.Config,
+        settings: Settings,
+        durations: Durations | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._config = config
         self._settings = settings
+        #: Earlier runs' durations: the scheduler's estimates.
+        self._durations = durations or Durations()
         self._clock = clock
         self._testrunuid = uuid.uuid4().hex
         #: The collected items; a task's id is its index here.
@@ -156,7 +165,8 @@ class Controller:
             self._occurrence.append(seen.get(item.nodeid, 0))
             seen[item.nodeid] = self._occurrence[-1] + 1
         table = LockTable(self._settings.capacities)
-        tasks = [self._task(index, item, table) for index, item in enumerate(self._items)]
+        estimates = self._durations.estimates(item.nodeid for item in self._items)
+        tasks = [self._task(index, item, table, estimates[index]) for index, item in enumerate(self._items)]
         runnable = sum(task.error is None for task in tasks)
         self._workercount = min(self._settings.workers, runnable)
         spawner = ExecnetSpawner(self._setup_for, self._locate)
@@ -386,12 +396,12 @@ class Controller:
 
     # -- tasks and workers ---------------------------------------------------------
 
-    def _task(self, index: int, item: pytest.Item, table: LockTable) -> Task:
+    def _task(self, index: int, item: pytest.Item, table: LockTable, estimate: float) -> Task:
         error = declaration_error(item, table)
         if error is not None:
             return Task(index, item.nodeid, error=error)
         declaration = declaration_of(item)
-        return Task(index, item.nodeid, declaration.requirement, timeout=declaration.timeout)
+        return Task(index, item.nodeid, declaration.requirement, timeout=declaration.timeout, estimate=estimate)
 
     def _locate(self, task: Task) -> tuple[str, int]:
         return self._items[task.id].nodeid, self._occurrence[task.id]

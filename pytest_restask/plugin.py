@@ -29,6 +29,7 @@ from typing import Final, final
 import pytest
 
 from . import compat, holds
+from .durations import DurationsRecorder
 from .messages import WORKERINPUT_KEY
 from .resources import (
     LockTable,
@@ -218,6 +219,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if _is_restask_worker(config):
         return
     settings = Settings(config)
+    recorder = DurationsRecorder(config)
+    config.pluginmanager.register(recorder, "restask.durations")
     config.pluginmanager.register(LocalRun(config, settings), "restask.local")
     if not settings.workers:
         if settings.task_timeout is not None:
@@ -232,7 +235,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.set_blocked(name)
     from .controller import Controller
 
-    config.pluginmanager.register(Controller(config, settings), "restask.controller")
+    config.pluginmanager.register(Controller(config, settings, recorder.durations), "restask.controller")
 
 
 @pytest.fixture

@@ -65,25 +65,35 @@ def test_nothing_to_run_starts_no_worker() -> None:
 
 
 def test_waiting_exclusive_task_is_not_starved_by_shared_readers() -> None:
-    # a reader holds db, then an exclusive writer waits, then many more readers
-    reqs = [needs(Request("db", SH)), needs(Request("db", EX))] + [needs(Request("db", SH))] * 20
-    plans = [Plan(body=2.0), Plan(body=1.0)] + [Plan(body=2.0)] * 20
+    """A writer that waits for "db" reserves it: the readers queued after it
+    (twelve, enough to keep "db" shared for ever on four workers) wait."""
+    holder = needs(Request("db", SH), Request("gpu", EX))
+    writer = needs(Request("db", EX), Request("port", EX))
+    reqs = (
+        [holder, writer]
+        + [needs(Request("gpu", EX))] * 8  # make gpu the busiest resource: the holder goes first
+        + [needs(Request("port", EX))] * 5  # then port, with the writer: before the readers
+        + [needs(Request("db", SH))] * 12
+    )
+    plans = [Plan(body=2.0)] + [Plan(body=1.0)] * 14 + [Plan(body=1.0)] * 12
     sm, sim = make_machine(reqs, plans, workers=4)
     sim.run(sm)
     assert conflicts(sim.intervals, reqs) == []
-    writer = next(i for i in sim.intervals if i.task == 1)
-    # the writer starts as soon as the first reader is done, before any later reader
-    assert writer.start == SimSpawnerStartup + 2.0
-    assert all(i.start >= writer.end for i in sim.intervals if i.task >= 2)
+    start = {i.task: i for i in sim.intervals}
+    # the writer starts as soon as the holder is done, before any reader after it
+    assert start[1].start == start[0].end == SimSpawnerStartup + 2.0
+    readers = [start[i] for i in range(15, 27)]
+    assert all(reader.start >= start[1].end for reader in readers)
 
 
-def test_serial_task_runs_alone_and_is_not_starved() -> None:
+def test_serial_task_runs_alone_and_first() -> None:
     reqs = [needs(), needs(serial=True)] + [needs()] * 6
     sm, sim = make_machine(reqs, [Plan(body=1.0)] * 8, workers=3)
     sim.run(sm)
     assert conflicts(sim.intervals, reqs) == []
     serial = next(i for i in sim.intervals if i.task == 1)
-    assert serial.start == SimSpawnerStartup + 1.0
+    assert serial.start == SimSpawnerStartup
+    assert all(i.start >= serial.end for i in sim.intervals if i.task != 1)
 
 
 def test_crash_costs_one_task_and_the_worker_is_replaced() -> None:
