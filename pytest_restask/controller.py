@@ -177,6 +177,8 @@ class Controller:
             [_worker_name(i) for i in range(self._workercount)],
             task_timeout=self._settings.task_timeout,
             max_restarts=self._settings.max_restarts,
+            # tasks sent ahead would start after a failure that reached the limit
+            prefetch=not (self._settings.failfast or self._config.option.maxfail),
         )
         self._session = session
         completed = False

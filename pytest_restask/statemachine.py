@@ -222,6 +222,7 @@ class StateMachine:
         *,
         task_timeout: float | None = None,
         max_restarts: int = 0,
+        prefetch: bool = False,
     ) -> None:
         #: The queues; each task is in exactly one of them.
         self.queues = _Queues(requested=list(tasks))
@@ -234,6 +235,8 @@ class StateMachine:
         self._task_timeout = task_timeout
         #: How many worker replacements are allowed before the run is aborted.
         self._max_restarts = max_restarts
+        #: Whether a worker running a free task is sent its next free task at once.
+        self._prefetch = prefetch
         #: How many workers have been replaced so far.
         self.restarts = 0
         #: Workers that ended while running no task, and why (for the summary).
@@ -328,6 +331,10 @@ class StateMachine:
                 break
             self._dispatch(task, worker, now, replacing=None)
             self._spawner.send_next(worker.name, task, keep_fixtures=False, final=False)
+        if self._prefetch:  # after every idle worker got its task, not before
+            for worker in self._workers.values():
+                if worker.phase is WorkerPhase.BUSY:
+                    self._send_ahead(worker, now)
 
     def abort(self, reason: Reason, detail: str, now: float) -> None:
         """Finish every task that has not started; running tasks go on."""
@@ -361,9 +368,10 @@ class StateMachine:
         current = state.running
         assert current is not None, (worker, task_id)
         assert current.id == task_id, (worker, task_id)
-        assert state.queued is None
         if state.phase is not WorkerPhase.BUSY:
             return  # being killed: the answer would never be read
+        if state.queued is not None:
+            return  # answered ahead (see _send_ahead): that answer is on its way
         task = self._pick(replacing=current)
         if task is None:
             self._spawner.send_next(worker, None, keep_fixtures=False, final=self._nothing_waits())
@@ -456,14 +464,41 @@ class StateMachine:
         q = self.queues
         return not (q.requested or q.triaging or q.ready)
 
-    def _pick(self, replacing: Task | None) -> Task | None:
-        """Return the first ready task that can start now, honouring claims."""
+    def _send_ahead(self, state: _Worker, now: float) -> None:
+        """Pipelining: tell a worker running a free task which free task follows.
+
+        The answer to its teardown question is then on the way before it asks,
+        so it need not wait for a round trip; when it asks anyway,
+        :meth:`reached_teardown` leaves the question to the answer already
+        sent.  Only free after free: the hold of a resource ends at a
+        teardown, and only the controller knows then what can be granted.
+        Never when a failure limit is set (the controller is then made without
+        ``prefetch``): a task sent ahead would start after the failure that
+        reached it.
+        """
+        running = state.running
+        if running is None or state.queued is not None or not running.requirement.is_free:
+            return
+        task = self._pick(replacing=running, only_free=True)
+        if task is None:
+            return
+        self._dispatch(task, state, now, replacing=running)
+        state.queued = task
+        self._spawner.send_next(state.name, task, keep_fixtures=True, final=False)
+
+    def _pick(self, replacing: Task | None, only_free: bool = False) -> Task | None:
+        """Return the first ready task that can start now, honouring claims
+        (with ``only_free``: the first free one)."""
         if self.aborted is not None:
             return None
         holder = None if replacing is None else replacing.id
         claims: list[Requirement] = []
         for index, task in enumerate(self.queues.ready):
             requirement = task.requirement
+            if only_free and not requirement.is_free:
+                if requirement.serial:
+                    return None  # nothing may pass a waiting serial task
+                continue
             if any(_claim_blocks(c, requirement) for c in claims):
                 continue
             if self.table.can_grant(requirement, replacing=holder):

@@ -14,7 +14,9 @@ then (it cannot grant the next test's resources earlier).  So the worker
 runs each item with ``nextitem=item`` -- pytest's own teardown then ends
 nothing -- and its ``pytest_runtest_teardown`` hook, which runs first,
 sends :class:`~.messages.AtTeardown`, waits for the :class:`~.messages.Next`
-answer and ends exactly what the answer does not need:
+answer and ends exactly what the answer does not need.  (Between free
+tests the controller sends the answer ahead, while the test runs: the
+worker finds it already there and asks nothing.)  The answer is one of:
 
 * a next task whose grant covers this one's: what the next item shares;
 * a next task that does not: everything narrower than session scope, so no
@@ -94,6 +96,9 @@ class Channel(Protocol):
 
     def receive(self, timeout: float | None = None) -> Any: ...
 
+    #: Raised by ``receive`` when nothing arrived within the timeout.
+    TimeoutError: type[Exception]
+
 
 class WorkerSession:
     """The pytest plugin that drives a worker's session from the channel."""
@@ -133,6 +138,13 @@ class WorkerSession:
 
     def receive(self) -> Message:
         return from_wire(self._channel.receive())
+
+    def poll(self) -> Message | None:
+        """Return a message that has already arrived, or None."""
+        try:
+            return from_wire(self._channel.receive(timeout=0))
+        except self._channel.TimeoutError:
+            return None
 
     # -- pytest hooks -------------------------------------------------------------
 
@@ -182,8 +194,10 @@ class WorkerSession:
     def _ask_and_tear_down(self, task_id: int, item: pytest.Item) -> None:
         """Ask what follows a task, then end what the answer does not need."""
         self._asked = True
-        self.send(AtTeardown(task_id))
-        answer = self.receive()
+        answer = self.poll()  # the controller may have answered ahead
+        if answer is None:
+            self.send(AtTeardown(task_id))
+            answer = self.receive()
         if not isinstance(answer, Next):
             raise ProtocolError(f"expected 'next' at teardown, got {answer.name!r}")
         self._next = answer

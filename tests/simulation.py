@@ -55,6 +55,12 @@ class SimSpawner:
         self.answers: list[tuple[str, int | None, bool, bool]] = []
         self.kills = 0
         self.starts = 0
+        #: Answers sent ahead that a worker will find at its teardown.
+        self._ahead: dict[str, Task | None] = {}
+        #: Workers that asked at their teardown and wait for the answer.
+        self._asking: set[str] = set()
+        #: The tasks whose worker asked what follows them, in order.
+        self.asked: list[int] = []
 
     # -- Spawner protocol ----------------------------------------------------
 
@@ -71,16 +77,31 @@ class SimSpawner:
             assert task is not None
             self._begin(worker, gen, task, self.now)
             return
-        plan = self.plans[current.task]
-        end = self.now + plan.teardown
+        if worker not in self._asking:  # sent ahead: the worker finds it at its teardown
+            self._ahead[worker] = task
+            return
+        self._asking.discard(worker)
+        self._tear_down(worker, gen, current, task)
 
+    def _tear_down(self, worker: str, gen: int, current: Interval, task: Task | None) -> None:
         def done() -> None:
+            # as a worker does: it says "done" and goes on at once; what the
+            # controller sends in answer arrives while the next task runs
             self._end(worker)
-            self._sm.task_done(worker, current.task, self.now)
             if task is not None:
                 self._begin(worker, gen, task, self.now)
+            self._sm.task_done(worker, current.task, self.now)
 
-        self._at(end, worker, gen, done)
+        self._at(self.now + self.plans[current.task].teardown, worker, gen, done)
+
+    def _reach_teardown(self, worker: str, gen: int, task: Task) -> None:
+        """Like the worker: use an answer sent ahead, or ask and wait."""
+        if worker in self._ahead:
+            self._tear_down(worker, gen, self._open[worker], self._ahead.pop(worker))
+            return
+        self._asking.add(worker)
+        self.asked.append(task.id)
+        self._sm.reached_teardown(worker, task.id, self.now)
 
     def kill_worker(self, worker: str) -> None:
         self.kills += 1
@@ -111,7 +132,7 @@ class SimSpawner:
         if plan.crash:
             self._at(now + plan.body / 2, worker, gen, lambda: self._die(worker, "exit code 1"))
         elif not plan.hang:
-            self._at(now + plan.body, worker, gen, lambda: self._sm.reached_teardown(worker, task.id, self.now))
+            self._at(now + plan.body, worker, gen, lambda: self._reach_teardown(worker, gen, task))
 
     def _end(self, worker: str) -> None:
         interval = self._open.pop(worker)
@@ -120,6 +141,8 @@ class SimSpawner:
 
     def _die(self, worker: str, cause: str) -> None:
         self._generation[worker] += 1
+        self._ahead.pop(worker, None)
+        self._asking.discard(worker)
         if worker in self._open:
             self._end(worker)
         self._sm.worker_died(worker, cause, self.now)

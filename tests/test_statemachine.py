@@ -231,6 +231,33 @@ def test_abort_lets_running_tasks_finish() -> None:
     assert sm.table.is_empty()
 
 
+def test_a_worker_on_free_tasks_gets_its_next_one_ahead() -> None:
+    reqs = [needs(), needs(), needs(Request("db", EX)), needs()]
+    sm, sim = make_machine(reqs, [Plan(body=1.0, teardown=0.5)] * 4, workers=1, prefetch=True)
+    sim.run(sm)
+    assert [t.reason for t in sm.finished] == [Reason.COMPLETED] * 4
+    # db first (the only resource); then the free ones, each sent while the one
+    # before runs: the worker never asks at their teardown, except after the last
+    assert sim.answers == [
+        ("gw0", 2, False, False),
+        ("gw0", 0, False, False),
+        ("gw0", 1, True, False),
+        ("gw0", 3, True, False),
+        ("gw0", None, False, True),
+    ]
+    assert sim.asked == [2, 3]  # the db task's teardown, and the last one's
+
+
+def test_a_task_sent_ahead_goes_back_to_the_queue_when_its_worker_dies() -> None:
+    reqs = [needs()] * 3
+    plans = [Plan(body=1.0, crash=True), Plan(body=1.0), Plan(body=1.0)]
+    sm, sim = make_machine(reqs, plans, workers=1, prefetch=True, max_restarts=2)
+    sim.run(sm)
+    reasons = {t.id: t.reason for t in sm.finished}
+    assert reasons == {0: Reason.CRASHED, 1: Reason.COMPLETED, 2: Reason.COMPLETED}
+    assert sm.table.is_empty()
+
+
 # -- the property test ---------------------------------------------------------
 
 names = st.sampled_from(["db", "gpu", "port"])
@@ -255,9 +282,10 @@ plan = st.builds(
     st.lists(st.tuples(requirement, plan, st.integers(0, 9)), max_size=40),
     st.integers(1, 6),
     st.none() | st.floats(1.0, 4.0),
+    st.booleans(),
 )
 def test_random_runs_finish_every_task_once_without_conflicts(
-    spec: list[tuple[Requirement, Plan, int]], workers: int, timeout: float | None
+    spec: list[tuple[Requirement, Plan, int]], workers: int, timeout: float | None, prefetch: bool
 ) -> None:
     reqs = [r for r, _, _ in spec]
     plans = []
@@ -265,7 +293,7 @@ def test_random_runs_finish_every_task_once_without_conflicts(
         # a tenth of the tasks crash, a tenth hang (when there is a timeout)
         plans.append(Plan(p.body, p.teardown, crash=roll == 0, hang=roll == 1 and timeout is not None))
     capacities = {"gpu": 2, "port": 3}
-    sm, sim = make_machine(reqs, plans, workers, capacities, task_timeout=timeout, max_restarts=1000)
+    sm, sim = make_machine(reqs, plans, workers, capacities, task_timeout=timeout, max_restarts=1000, prefetch=prefetch)
     sim.run(sm)
     assert sm.done
     finished = [t.id for t in sm.finished]
