@@ -260,7 +260,7 @@ class Controller:
                     return
                 continue
             if isinstance(event.message, Report):
-                self._replay_report(event.worker, event.message)
+                self._replay_reports(event.worker, event.message.task_id, event.message.reports)
             elif isinstance(event.message, WorkerFailed):
                 self._worker_failures[event.worker] = event.message.text
 
@@ -275,13 +275,15 @@ class Controller:
             else:
                 machine.worker_ready(worker, now)
         elif isinstance(message, Report):
-            self._replay_report(worker, message)
+            self._replay_reports(worker, message.task_id, message.reports)
         elif isinstance(message, AtTeardown):
+            self._replay_reports(worker, message.task_id, message.reports)
             self._in_teardown.add(message.task_id)
-            machine.reached_teardown(worker, message.task_id, now)
+            machine.reached_teardown(worker, message.task_id, self._clock())
         elif isinstance(message, Done):
+            self._replay_reports(worker, message.task_id, message.reports)
             self._log_finish(message.task_id)
-            machine.task_done(worker, message.task_id, now)
+            machine.task_done(worker, message.task_id, self._clock())
         elif isinstance(message, WarningRecorded):
             self._replay_warning(message)
         elif isinstance(message, Missing):
@@ -335,11 +337,12 @@ class Controller:
 
     # -- replaying reports ---------------------------------------------------------
 
-    def _replay_report(self, worker: str, message: Report) -> None:
-        item = self._items[message.task_id]
-        data = {**message.data, **_item_fields(item)}
-        report = self._config.hook.pytest_report_from_serializable(config=self._config, data=data)
-        self._replay(worker, message.task_id, report)
+    def _replay_reports(self, worker: str, task_id: int, reports: list[dict[str, Any]]) -> None:
+        item = self._items[task_id]
+        for data in reports:
+            data.update(_item_fields(item))
+            report = self._config.hook.pytest_report_from_serializable(config=self._config, data=data)
+            self._replay(worker, task_id, report)
 
     def _replay(self, worker: str, task_id: int, report: pytest.TestReport) -> None:
         self._log_start(task_id)

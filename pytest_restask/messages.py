@@ -45,7 +45,7 @@ WORKERINPUT_KEY: Final = "restask_protocol"
 #: controller's reports share their strings with its items.
 ITEM_FIELDS: Final = ("nodeid", "location", "keywords")
 #: Bumped whenever a message changes shape.
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 
 Wire: TypeAlias = tuple[str, dict[str, Any]]
 
@@ -124,12 +124,13 @@ class Ready(Message):
 @final
 @dataclasses.dataclass(frozen=True, slots=True)
 class Report(Message):
-    """One test report, as ``pytest_report_to_serializable`` data without
-    the :data:`ITEM_FIELDS`."""
+    """Test reports sent on their own (most ride on :class:`AtTeardown`
+    and :class:`Done`)."""
 
     name: ClassVar[str] = "report"
     task_id: int
-    data: dict[str, Any]
+    #: ``pytest_report_to_serializable`` data without the :data:`ITEM_FIELDS`.
+    reports: list[dict[str, Any]]
 
 
 @final
@@ -155,6 +156,9 @@ class AtTeardown(Message):
 
     name: ClassVar[str] = "at_teardown"
     task_id: int
+    #: Its reports so far (setup, call): the controller sees a failure
+    #: before it decides what follows.
+    reports: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @final
@@ -164,6 +168,8 @@ class Done(Message):
 
     name: ClassVar[str] = "done"
     task_id: int
+    #: Its reports not sent yet, in order.
+    reports: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @final

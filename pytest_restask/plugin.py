@@ -362,6 +362,7 @@ class LocalRun:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> object:
+        __tracebackhide__ = True  # a fixture's teardown error shows the fixture, as serially
         try:
             return (yield)
         finally:

@@ -474,28 +474,33 @@ class StateMachine:
         teardown, and only the controller knows then what can be granted.
         Never when a failure limit is set (the controller is then made without
         ``prefetch``): a task sent ahead would start after the failure that
-        reached it.
+        reached it.  Only short tasks (estimates up to :data:`SHORT`), where a
+        round trip matters and a task bound to a busy worker cannot keep the
+        run waiting at its end; and only while no worker is idle or starting,
+        which would want the task now.
         """
         running = state.running
-        if running is None or state.queued is not None or not running.requirement.is_free:
+        if running is None or state.queued is not None or not running.requirement.is_free or running.estimate > SHORT:
             return
-        task = self._pick(replacing=running, only_free=True)
+        if any(w.phase in (WorkerPhase.IDLE, WorkerPhase.STARTING) for w in self._workers.values()):
+            return
+        task = self._pick(replacing=running, short_and_free=True)
         if task is None:
             return
         self._dispatch(task, state, now, replacing=running)
         state.queued = task
         self._spawner.send_next(state.name, task, keep_fixtures=True, final=False)
 
-    def _pick(self, replacing: Task | None, only_free: bool = False) -> Task | None:
+    def _pick(self, replacing: Task | None, short_and_free: bool = False) -> Task | None:
         """Return the first ready task that can start now, honouring claims
-        (with ``only_free``: the first free one)."""
+        (with ``short_and_free``: the first free one expected to be short)."""
         if self.aborted is not None:
             return None
         holder = None if replacing is None else replacing.id
         claims: list[Requirement] = []
         for index, task in enumerate(self.queues.ready):
             requirement = task.requirement
-            if only_free and not requirement.is_free:
+            if short_and_free and not (requirement.is_free and task.estimate <= SHORT):
                 if requirement.serial:
                     return None  # nothing may pass a waiting serial task
                 continue

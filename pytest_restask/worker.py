@@ -116,6 +116,8 @@ class WorkerSession:
         self._asked = False
         #: The answer received during the current task's teardown.
         self._next: Next | None = None
+        #: Reports of the current task not sent yet.
+        self._reports: list[dict[str, Any]] = []
         #: The last task run, and its item: a shutdown's teardown belongs to it.
         self._last: tuple[int, pytest.Item] | None = None
         self._session: pytest.Session | None = None
@@ -187,17 +189,21 @@ class WorkerSession:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        __tracebackhide__ = True  # a fixture's teardown error shows the fixture, as serially
         if self._current is None or self._current[1] is not item or self._asked:
             return
         self._ask_and_tear_down(self._current[0], item)
 
     def _ask_and_tear_down(self, task_id: int, item: pytest.Item) -> None:
         """Ask what follows a task, then end what the answer does not need."""
+        __tracebackhide__ = True
         self._asked = True
         answer = self.poll()  # the controller may have answered ahead
         if answer is None:
-            self.send(AtTeardown(task_id))
+            self.send(AtTeardown(task_id, self._take_reports()))
             answer = self.receive()
+        elif self._reports:  # a crash in teardown must not lose setup and call
+            self.send(Report(task_id, self._take_reports()))
         if not isinstance(answer, Next):
             raise ProtocolError(f"expected 'next' at teardown, got {answer.name!r}")
         self._next = answer
@@ -209,15 +215,24 @@ class WorkerSession:
         _teardown_to(item.session, target)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self._current is not None:
-            self._send_report(self._current[0], report)
+        if self._current is None:
+            return
+        # sent with the next AtTeardown or Done, for fewer messages; a failure
+        # at once, for the failure limit and so that a crash cannot lose it
+        self._reports.append(self._serialize(report))
+        if report.failed:
+            self.send(Report(self._current[0], self._take_reports()))
 
-    def _send_report(self, task_id: int, report: pytest.TestReport) -> None:
+    def _serialize(self, report: pytest.TestReport) -> dict[str, Any]:
         assert self._config is not None
-        data = self._config.hook.pytest_report_to_serializable(config=self._config, report=report)
+        data: dict[str, Any] = self._config.hook.pytest_report_to_serializable(config=self._config, report=report)
         for key in ITEM_FIELDS:  # the controller has them from its own item
             data.pop(key, None)
-        self.send(Report(task_id, data))
+        return data
+
+    def _take_reports(self) -> list[dict[str, Any]]:
+        reports, self._reports = self._reports, []
+        return reports
 
     def pytest_warning_recorded(
         self,
@@ -262,9 +277,11 @@ class WorkerSession:
         try:
             item.ihook.pytest_runtest_protocol(item=item, nextitem=item)
         except pytest.exit.Exception as e:
+            self.send(Report(message.task_id, self._take_reports()))
             self.send(Interrupted(message.task_id, "exit", e.msg, e.returncode))
             raise
         except KeyboardInterrupt as e:
+            self.send(Report(message.task_id, self._take_reports()))
             self.send(Interrupted(message.task_id, "keyboard", _where(e)))
             raise
         finally:
@@ -273,7 +290,7 @@ class WorkerSession:
         if not self._asked:
             # a plugin ran the protocol without our teardown hook; ask now
             self._ask_and_tear_down(message.task_id, item)
-        self.send(Done(message.task_id))
+        self.send(Done(message.task_id, self._take_reports()))
         # the controller owns stopping; see the module docstring
         self._session.shouldfail = False
         self._session.shouldstop = False
@@ -290,7 +307,7 @@ class WorkerSession:
         session = self._session
         call = pytest.CallInfo.from_call(lambda: _teardown_to(session, None), when="teardown")
         if call.excinfo is not None:
-            self._send_report(task_id, pytest.TestReport.from_item_and_call(item, call))
+            self.send(Report(task_id, [self._serialize(pytest.TestReport.from_item_and_call(item, call))]))
 
 
 def _where(error: BaseException) -> str:
@@ -307,6 +324,7 @@ def _teardown_to(session: pytest.Session, target: pytest.Item | pytest.Session |
     the private ``session._setupstate``; its ``teardown_exact`` only calls
     ``listchain()`` on the node, which the session has too.
     """
+    __tracebackhide__ = True
     setupstate = getattr(session, "_setupstate")  # noqa: B009 - private on purpose, see above
     setupstate.teardown_exact(target)
 

@@ -233,7 +233,9 @@ def test_abort_lets_running_tasks_finish() -> None:
 
 def test_a_worker_on_free_tasks_gets_its_next_one_ahead() -> None:
     reqs = [needs(), needs(), needs(Request("db", EX)), needs()]
-    sm, sim = make_machine(reqs, [Plan(body=1.0, teardown=0.5)] * 4, workers=1, prefetch=True)
+    sm, sim = make_machine(reqs, [Plan(body=0.01, teardown=0.005)] * 4, workers=1, prefetch=True)
+    for task in sm.queues.requested:
+        task.estimate = 0.015  # short, as measured in an earlier run
     sim.run(sm)
     assert [t.reason for t in sm.finished] == [Reason.COMPLETED] * 4
     # db first (the only resource); then the free ones, each sent while the one
@@ -250,9 +252,12 @@ def test_a_worker_on_free_tasks_gets_its_next_one_ahead() -> None:
 
 def test_a_task_sent_ahead_goes_back_to_the_queue_when_its_worker_dies() -> None:
     reqs = [needs()] * 3
-    plans = [Plan(body=1.0, crash=True), Plan(body=1.0), Plan(body=1.0)]
+    plans = [Plan(body=0.01, crash=True), Plan(body=0.01), Plan(body=0.01)]
     sm, sim = make_machine(reqs, plans, workers=1, prefetch=True, max_restarts=2)
+    for task in sm.queues.requested:
+        task.estimate = 0.01
     sim.run(sm)
+    assert sim.answers[1] == ("gw0", 1, True, False)  # sent ahead, then lost with the worker
     reasons = {t.id: t.reason for t in sm.finished}
     assert reasons == {0: Reason.CRASHED, 1: Reason.COMPLETED, 2: Reason.COMPLETED}
     assert sm.table.is_empty()
@@ -294,6 +299,9 @@ def test_random_runs_finish_every_task_once_without_conflicts(
         plans.append(Plan(p.body, p.teardown, crash=roll == 0, hang=roll == 1 and timeout is not None))
     capacities = {"gpu": 2, "port": 3}
     sm, sim = make_machine(reqs, plans, workers, capacities, task_timeout=timeout, max_restarts=1000, prefetch=prefetch)
+    if prefetch:  # estimated short: free tasks are sent ahead (the estimate is not checked)
+        for task in sm.queues.requested:
+            task.estimate = 0.01
     sim.run(sm)
     assert sm.done
     finished = [t.id for t in sm.finished]
