@@ -196,7 +196,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
         fault="crash",
     ),
     "hang": Behaviour(
-        0.6,
+        0.3,
         body=("hang(hold)",),
         counts=(("failed", 1),),
         phases=LOST_IN_CALL,
@@ -204,7 +204,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
         fault="hang",
     ),
     "hang_with_child": Behaviour(
-        0.5,
+        0.25,
         body=("child(hold)", "hang(hold)"),
         counts=(("failed", 1),),
         phases=LOST_IN_CALL,
@@ -213,7 +213,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
         fault="hang",
     ),
     "hang_teardown": Behaviour(
-        0.4,
+        0.2,
         fixtures=("hang_in_teardown",),
         counts=(("passed", 1), ("errors", 1)),
         phases=TEARDOWN_FAILS,
@@ -222,7 +222,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     ),
     # goes on for 0.3 s after SIGTERM before it exits
     "hang_graceful": Behaviour(
-        0.4,
+        0.2,
         body=("hang(hold, graceful=True)",),
         counts=(("failed", 1),),
         phases=LOST_IN_CALL,
@@ -231,7 +231,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     ),
     # ignores SIGTERM: only the SIGKILL after the grace period ends it
     "hang_stubborn": Behaviour(
-        0.2,
+        0.1,
         body=("signal.signal(signal.SIGTERM, signal.SIG_IGN)", "hang(hold)"),
         counts=(("failed", 1),),
         phases=LOST_IN_CALL,
@@ -627,6 +627,7 @@ def check_processes(suite: Suite, path: Path, records: list[dict[str, Any]]) -> 
 # -- the test --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(SUITES), ids=lambda i: f"seed{SEED}-suite{i}")
 def test_random_suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, index: int) -> None:
     suite = plan(SEED, index)
