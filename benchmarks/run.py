@@ -70,7 +70,8 @@ SEED = 20240601
 STARTUP_WORKERS = 8
 RESOURCES_WORKERS = 8
 FIXTURES_WORKERS = 4
-PYTEST = (sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider")
+# pytest's cache stays on, as in daily use: restask keeps its durations there
+PYTEST = (sys.executable, "-m", "pytest", "-q")
 
 # Variants: subdirectories of a suite, each a complete pytest rootdir.
 MARKED = "marked"  # resource markers (restask's declarations)
@@ -133,6 +134,8 @@ class Run:
     ok: bool
     span_ratio: float | None = None
     conflicts: int | None = None
+    #: span / the tighter bound (see ``lower_bound``'s ``chains``).
+    tight_ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -418,11 +421,17 @@ def check(suite: Suite, code: int | None, output: str) -> str | None:
 
 
 def warm_up(suite: Suite) -> None:
-    """Collect each variant once, untimed, so every timed run finds the rewritten-module cache."""
+    """Collect each variant once, untimed, so every timed run finds the rewritten-module cache;
+    and run restask once, so that it has durations from an earlier run, as in daily use."""
     for variant in sorted({contender.variant for contender in suite.contenders}):
         _, code, output = run_pytest(suite.root / variant, ["--collect-only"], suite.root / "warm-up.jsonl")
         if code != 0:
             print_tail(f"warm-up collection of {suite.name}/{variant} failed", output)
+    for contender in suite.contenders:
+        if contender.name == "restask":
+            _, code, output = run_pytest(suite.root / contender.variant, contender.args, suite.root / "warm-up.jsonl")
+            if code != 0:
+                print_tail(f"warm-up run of {suite.name}/{contender.name} failed", output)
 
 
 def run_once(suite: Suite, contender: Contender, log: Path) -> Run:
@@ -440,7 +449,13 @@ def measure_log(suite: Suite, seconds: float, log: Path, output: str) -> Run:
     if sorted(entry.nodeid for entry in entries) != sorted(suite.jobs):
         print_tail(f"FAILED: the log has {len(entries)} entries for {len(suite.jobs)} tests", output)
         return Run(seconds, ok=False)
-    return Run(seconds, True, span_ratio(suite, entries), count_conflicts(suite.jobs, entries))
+    return Run(
+        seconds,
+        True,
+        span_ratio(suite, entries),
+        count_conflicts(suite.jobs, entries),
+        span_ratio(suite, entries, chains=True),
+    )
 
 
 def run_suite(suite: Suite, repeat: int) -> dict[str, list[Run]]:
@@ -472,21 +487,40 @@ def read_log(log: Path) -> list[LogEntry]:
     return entries
 
 
-def lower_bound(jobs: dict[str, Job], entries: list[LogEntry], workers: int) -> float:
-    """No schedule on `workers` workers can finish the logged work faster than this."""
+def lower_bound(jobs: dict[str, Job], entries: list[LogEntry], workers: int, chains: bool = False) -> float:
+    """No schedule on `workers` workers can finish the logged work faster than this.
+
+    The issue's bound: the work over the workers, and for each resource its
+    exclusive work plus its shared work over the workers.  With ``chains``,
+    a resource's shared time is also at least the work of its shared users
+    that take another resource exclusively: those run one after another, and
+    never while it is held exclusively.  (In this suite the 20 tests that read
+    "db" holding "cache" make that term larger than the issue's.)
+    """
     total = sum(entry.end - entry.start for entry in entries)
     bound = total / workers
     names = {name for job in jobs.values() for name in job.names}
     for name in names:
         exclusive = sum(e.end - e.start for e in entries if name in jobs[e.nodeid].exclusive)
         shared = sum(e.end - e.start for e in entries if name in jobs[e.nodeid].shared)
-        bound = max(bound, exclusive + shared / workers)
+        chain = 0.0
+        if chains:
+            for other in names - {name}:
+                chain = max(
+                    chain,
+                    sum(
+                        e.end - e.start
+                        for e in entries
+                        if name in jobs[e.nodeid].shared and other in jobs[e.nodeid].exclusive
+                    ),
+                )
+        bound = max(bound, exclusive + max(shared / workers, chain))
     return bound
 
 
-def span_ratio(suite: Suite, entries: list[LogEntry]) -> float:
+def span_ratio(suite: Suite, entries: list[LogEntry], chains: bool = False) -> float:
     span = max(entry.end for entry in entries) - min(entry.start for entry in entries)
-    return span / lower_bound(suite.jobs, entries, suite.workers)
+    return span / lower_bound(suite.jobs, entries, suite.workers, chains)
 
 
 def count_conflicts(jobs: dict[str, Job], entries: list[LogEntry]) -> int:
@@ -521,8 +555,10 @@ def table_row(suite: Suite, name: str, runs: dict[str, list[Run]]) -> list[str]:
     row = [name, shown, ratio(median, median_seconds(runs["serial"])), ratio(median, median_seconds(runs["xdist"]))]
     if suite.jobs:
         ratios = [run.span_ratio for run in runs[name] if run.span_ratio is not None]
+        tight = [run.tight_ratio for run in runs[name] if run.tight_ratio is not None]
         conflicts = [run.conflicts for run in runs[name] if run.conflicts is not None]
         row.append(f"{statistics.median(ratios):.2f}" if median is not None and ratios else "-")
+        row.append(f"{statistics.median(tight):.2f}" if median is not None and tight else "-")
         row.append(str(max(conflicts)) if median is not None and conflicts else "-")
     return row
 
@@ -542,12 +578,13 @@ def print_table(rows: list[list[str]]) -> None:
 def report(suite: Suite, runs: dict[str, list[Run]], repeat: int) -> None:
     header = ["contender", "median s", "vs serial", "vs xdist"]
     if suite.jobs:
-        header += ["span/bound", "conflicts"]
+        header += ["span/bound", "span/bound*", "conflicts"]
     print(f"\n{suite.name}: {suite.expected} tests, {suite.workers} workers, median of {repeat} run(s)")
     print_table([header] + [table_row(suite, contender.name, runs) for contender in suite.contenders])
     print("  (vs serial / vs xdist: median time divided by theirs, below 1 is faster)")
     if suite.jobs:
         print("  (span/bound: 1.00 is a perfect schedule; conflicts: most conflicting overlaps in one run)")
+        print("  (bound*: the bound with chains of shared users holding another resource; see lower_bound)")
     print()
 
 
