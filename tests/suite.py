@@ -58,18 +58,24 @@ class Spec:
         return merge_requests(self.requests, self.serial)
 
     def source(self) -> str:
-        marks = []
-        for request in self.requests:
-            if request.mode is Mode.SHARED:
-                marks.append(f"@pytest.mark.resource({request.name!r}, shared=True)")
-            elif request.mode is Mode.COUNTED:
-                marks.append(f"@pytest.mark.resource({request.name!r}, slots={request.slots})")
-            else:
-                marks.append(f"@pytest.mark.resource({request.name!r})")
-        if self.serial:
-            marks.append("@pytest.mark.serial")
+        marks = marker_lines(self.requests, self.serial)
         lines = [*marks, f"def {self.name}(hold):", f"    time.sleep({self.sleep})", f"    {self.body}", ""]
         return "\n".join(lines)
+
+
+def marker_lines(requests: Sequence[Request], serial: bool) -> list[str]:
+    """Return the decorators that declare ``requests`` (and ``serial``)."""
+    marks = []
+    for request in requests:
+        if request.mode is Mode.SHARED:
+            marks.append(f"@pytest.mark.resource({request.name!r}, shared=True)")
+        elif request.mode is Mode.COUNTED:
+            marks.append(f"@pytest.mark.resource({request.name!r}, slots={request.slots})")
+        else:
+            marks.append(f"@pytest.mark.resource({request.name!r})")
+    if serial:
+        marks.append("@pytest.mark.serial")
+    return marks
 
 
 def mixed(count: int, seed: int, sleep: tuple[float, float] = (0.0, 0.02)) -> list[Spec]:

@@ -47,6 +47,7 @@ import pytest
 from pytest_restask.resources import Mode, Request, Requirement, merge_requests
 
 from .simulation import Interval, conflicts
+from .suite import marker_lines
 
 SEED = int(os.environ.get("RESTASK_FAULT_SEED", "4"))
 SUITES = int(os.environ.get("RESTASK_FAULT_SUITES", "50"))
@@ -394,16 +395,7 @@ class Planned:
         return merge_requests(self.requests, self.serial)
 
     def source(self) -> str:
-        marks = [*self.does.marks]
-        for request in self.requests:
-            if request.mode is Mode.SHARED:
-                marks.append(f"@pytest.mark.resource({request.name!r}, shared=True)")
-            elif request.mode is Mode.COUNTED:
-                marks.append(f"@pytest.mark.resource({request.name!r}, slots={request.slots})")
-            else:
-                marks.append(f"@pytest.mark.resource({request.name!r})")
-        if self.serial:
-            marks.append("@pytest.mark.serial")
+        marks = [*self.does.marks, *marker_lines(self.requests, self.serial)]
         arguments = ", ".join(("hold", *self.does.fixtures))
         body = [f"time.sleep({self.sleep})", *self.does.body]
         return "\n".join([*marks, f"def {self.name}({arguments}):", *(f"    {line}" for line in body), ""])
