@@ -78,24 +78,28 @@ def marker_lines(requests: Sequence[Request], serial: bool) -> list[str]:
     return marks
 
 
+#: Resource requests to draw from: exclusive, shared, counted (capacity 2),
+#: two names at once, and free tests (a third of the draws).
+KINDS: tuple[tuple[Request, ...], ...] = (
+    (Request("db", Mode.EXCLUSIVE),),
+    (Request("db", Mode.SHARED),),
+    (Request("db", Mode.SHARED),),
+    (Request("gpu", Mode.COUNTED, 1),),
+    (Request("gpu", Mode.COUNTED, 2),),
+    (Request("port", Mode.EXCLUSIVE), Request("db", Mode.SHARED)),
+    (),
+    (),
+    (),
+)
+
+
 def mixed(count: int, seed: int, sleep: tuple[float, float] = (0.0, 0.02)) -> list[Spec]:
     """A shuffled mix of exclusive, shared, counted, serial and free tests."""
     rng = random.Random(seed)
-    kinds = [
-        (Request("db", Mode.EXCLUSIVE),),
-        (Request("db", Mode.SHARED),),
-        (Request("db", Mode.SHARED),),
-        (Request("gpu", Mode.COUNTED, 1),),
-        (Request("gpu", Mode.COUNTED, 2),),
-        (Request("port", Mode.EXCLUSIVE), Request("db", Mode.SHARED)),
-        (),
-        (),
-        (),
-    ]
     specs = []
     for index in range(count):
         serial = rng.random() < 0.01
-        requests = () if serial else rng.choice(kinds)
+        requests = () if serial else rng.choice(KINDS)
         specs.append(Spec(f"test_{index:04d}", requests, serial, round(rng.uniform(*sleep), 3)))
     return specs
 

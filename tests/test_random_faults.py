@@ -47,7 +47,7 @@ import pytest
 from pytest_restask.resources import Mode, Request, Requirement, merge_requests
 
 from .simulation import Interval, conflicts
-from .suite import marker_lines
+from .suite import KINDS, marker_lines
 
 SEED = int(os.environ.get("RESTASK_FAULT_SEED", "4"))
 SUITES = int(os.environ.get("RESTASK_FAULT_SUITES", "50"))
@@ -241,19 +241,6 @@ BEHAVIOURS: dict[str, Behaviour] = {
     ),
 }
 
-#: Resource requests to draw from, as suite.mixed: exclusive, shared, counted
-#: (capacity 2), two names at once, and free tests.
-KINDS: tuple[tuple[Request, ...], ...] = (
-    (Request("db", Mode.EXCLUSIVE),),
-    (Request("db", Mode.SHARED),),
-    (Request("db", Mode.SHARED),),
-    (Request("gpu", Mode.COUNTED, 1),),
-    (Request("gpu", Mode.COUNTED, 2),),
-    (Request("port", Mode.EXCLUSIVE), Request("db", Mode.SHARED)),
-    (),
-    (),
-    (),
-)
 SERIAL_CHANCE = 0.04
 
 CONFTEST = """
