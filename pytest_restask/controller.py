@@ -42,6 +42,7 @@ from .messages import (
     Report,
     Setup,
     WarningRecorded,
+    WireReport,
     WorkerFailed,
     collection_digest,
 )
@@ -105,6 +106,8 @@ class Controller:
         self._logged: set[int] = set()
         #: Outcome of each phase ("setup", "call", "teardown") reported for each task.
         self._phases: dict[int, dict[str, str]] = {}
+        #: The report fields taken from the item, by task, while it runs.
+        self._fields: dict[int, dict[str, Any]] = {}
         #: Tasks whose worker said they reached teardown.
         self._in_teardown: set[int] = set()
         #: What a failing worker said before it ended, by worker.
@@ -282,6 +285,7 @@ class Controller:
             machine.reached_teardown(worker, message.task_id, self._clock())
         elif isinstance(message, Done):
             self._replay_reports(worker, message.task_id, message.reports)
+            self._fields.pop(message.task_id, None)
             self._log_finish(message.task_id)
             machine.task_done(worker, message.task_id, self._clock())
         elif isinstance(message, WarningRecorded):
@@ -337,11 +341,19 @@ class Controller:
 
     # -- replaying reports ---------------------------------------------------------
 
-    def _replay_reports(self, worker: str, task_id: int, reports: list[dict[str, Any]]) -> None:
-        item = self._items[task_id]
+    def _replay_reports(self, worker: str, task_id: int, reports: list[WireReport]) -> None:
+        fields = self._fields.get(task_id)
+        if fields is None:  # one dict per task, shared by its reports
+            fields = self._fields[task_id] = _item_fields(self._items[task_id])
         for data in reports:
-            data.update(_item_fields(item))
-            report = self._config.hook.pytest_report_from_serializable(config=self._config, data=data)
+            if isinstance(data, list):  # a PlainPass
+                when, duration, start, stop = data
+                report = pytest.TestReport(
+                    **fields, outcome="passed", longrepr=None, when=when, duration=duration, start=start, stop=stop
+                )
+            else:
+                data.update(fields)
+                report = self._config.hook.pytest_report_from_serializable(config=self._config, data=data)
             self._replay(worker, task_id, report)
 
     def _replay(self, worker: str, task_id: int, report: pytest.TestReport) -> None:

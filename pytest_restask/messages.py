@@ -3,8 +3,10 @@
 One dataclass per message; :func:`to_wire` turns a message into plain
 builtins that execnet can carry (``(name, fields)``), :func:`from_wire`
 turns them back through one dispatch table, and an unknown name raises
-:class:`ProtocolError` naming it.  Reports cross only as the dicts of
-``pytest_report_to_serializable``; the task id rides beside them.
+:class:`ProtocolError` naming it.  Reports cross as the dicts of
+``pytest_report_to_serializable``, or, for the common phase that passed with
+nothing to show, as a :data:`PlainPass` of four fields; the task id rides
+beside them.
 
 This module imports nothing but the standard library: the worker side
 imports it before anything else of ours.
@@ -19,6 +21,8 @@ from typing import Any, ClassVar, Final, TypeAlias, final
 
 __all__ = [
     "ITEM_FIELDS",
+    "PlainPass",
+    "WireReport",
     "AtTeardown",
     "Done",
     "Interrupted",
@@ -45,9 +49,16 @@ WORKERINPUT_KEY: Final = "restask_protocol"
 #: controller's reports share their strings with its items.
 ITEM_FIELDS: Final = ("nodeid", "location", "keywords")
 #: Bumped whenever a message changes shape.
-PROTOCOL_VERSION: Final = 3
+PROTOCOL_VERSION: Final = 4
 
 Wire: TypeAlias = tuple[str, dict[str, Any]]
+#: A phase that passed with no output, properties or extra attributes:
+#: ``[when, duration, start, stop]``.  Most reports are such; this form is
+#: a fraction of the full dict to build, carry and read back.
+PlainPass: TypeAlias = list[Any]
+#: A report on the wire: serialized data without the :data:`ITEM_FIELDS`,
+#: or a :data:`PlainPass`.
+WireReport: TypeAlias = dict[str, Any] | PlainPass
 
 
 class ProtocolError(RuntimeError):
@@ -129,8 +140,7 @@ class Report(Message):
 
     name: ClassVar[str] = "report"
     task_id: int
-    #: ``pytest_report_to_serializable`` data without the :data:`ITEM_FIELDS`.
-    reports: list[dict[str, Any]]
+    reports: list[WireReport]
 
 
 @final
@@ -158,7 +168,7 @@ class AtTeardown(Message):
     task_id: int
     #: Its reports so far (setup, call): the controller sees a failure
     #: before it decides what follows.
-    reports: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    reports: list[WireReport] = dataclasses.field(default_factory=list)
 
 
 @final
@@ -169,7 +179,7 @@ class Done(Message):
     name: ClassVar[str] = "done"
     task_id: int
     #: Its reports not sent yet, in order.
-    reports: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    reports: list[WireReport] = dataclasses.field(default_factory=list)
 
 
 @final

@@ -51,6 +51,7 @@ This module imports nothing of ours but the messages and the slot helper.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -79,6 +80,7 @@ from pytest_restask.messages import (
     Setup,
     Shutdown,
     WarningRecorded,
+    WireReport,
     WorkerFailed,
     collection_digest,
     from_wire,
@@ -117,11 +119,13 @@ class WorkerSession:
         #: The answer received during the current task's teardown.
         self._next: Next | None = None
         #: Reports of the current task not sent yet.
-        self._reports: list[dict[str, Any]] = []
+        self._reports: list[WireReport] = []
         #: The last task run, and its item: a shutdown's teardown belongs to it.
         self._last: tuple[int, pytest.Item] | None = None
         self._session: pytest.Session | None = None
         self._config: pytest.Config | None = None
+        #: Whether passed phases with nothing to show travel as a PlainPass.
+        self._plain_passes = False
 
     @property
     def started(self) -> bool:
@@ -157,6 +161,9 @@ class WorkerSession:
         setattr(config, "workerinput", self._workerinput)  # noqa: B010 - not declared on Config
         setattr(config, "workeroutput", {})  # noqa: B010
         self._config = config
+        # a plugin that serializes reports its own way gets every report whole
+        implementations = config.hook.pytest_report_to_serializable.get_hookimpls()
+        self._plain_passes = [impl.plugin_name for impl in implementations] == [PYTEST_REPORTS_PLUGIN]
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         # the terminal reporter took /dev/null as its file; with -s a test's
@@ -223,14 +230,16 @@ class WorkerSession:
         if report.failed:
             self.send(Report(self._current[0], self._take_reports()))
 
-    def _serialize(self, report: pytest.TestReport) -> dict[str, Any]:
+    def _serialize(self, report: pytest.TestReport) -> WireReport:
         assert self._config is not None
+        if self._plain_passes and _is_plain_pass(report):
+            return [report.when, report.duration, report.start, report.stop]
         data: dict[str, Any] = self._config.hook.pytest_report_to_serializable(config=self._config, report=report)
         for key in ITEM_FIELDS:  # the controller has them from its own item
             data.pop(key, None)
         return data
 
-    def _take_reports(self) -> list[dict[str, Any]]:
+    def _take_reports(self) -> list[WireReport]:
         reports, self._reports = self._reports, []
         return reports
 
@@ -308,6 +317,31 @@ class WorkerSession:
         call = pytest.CallInfo.from_call(lambda: _teardown_to(session, None), when="teardown")
         if call.excinfo is not None:
             self.send(Report(task_id, [self._serialize(pytest.TestReport.from_item_and_call(item, call))]))
+
+
+#: The name pytest registers its own report serialization under.
+PYTEST_REPORTS_PLUGIN: Final = "reports"
+
+
+@functools.cache
+def _plain_attributes() -> frozenset[str]:
+    """The attributes of a report that pytest itself makes, on this version."""
+    report = pytest.TestReport("n", ("f", 0, "d"), {}, "passed", None, "call")
+    return frozenset(vars(report))
+
+
+def _is_plain_pass(report: pytest.TestReport) -> bool:
+    """Return whether a report is a passed phase with nothing to show: no
+    output, no properties, nothing a plugin added (``wasxfail`` or others).
+    Such a report is rebuilt on the controller from four numbers."""
+    return (
+        type(report) is pytest.TestReport
+        and report.outcome == "passed"
+        and report.longrepr is None
+        and not report.sections
+        and not report.user_properties
+        and vars(report).keys() <= _plain_attributes()
+    )
 
 
 def _where(error: BaseException) -> str:

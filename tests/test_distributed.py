@@ -139,6 +139,50 @@ def test_verbose_names_the_worker(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=2)
 
 
+def test_passed_phases_keep_their_timing(pytester: pytest.Pytester) -> None:
+    """Passed phases travel in a short form; the controller's reports carry
+    the worker's durations and times, as pytest's --durations shows them."""
+    pytester.makepyfile(
+        """
+        import time, pytest
+        @pytest.fixture
+        def slow_setup():
+            time.sleep(0.3)
+            yield
+            time.sleep(0.2)
+        def test_sleeps(slow_setup):
+            time.sleep(0.4)
+        """
+    )
+    result = run(pytester, "-n", "1", "--durations=0", "--durations-min=0.1", "--junitxml=out.xml")
+    result.assert_outcomes(passed=1)
+    result.stdout.re_match_lines(
+        [r"0\.4\ds call .*test_sleeps", r"0\.3\ds setup .*test_sleeps", r"0\.2\ds teardown .*"]
+    )
+    case = ET.parse(pytester.path / "out.xml").getroot().find(".//testcase")
+    assert case is not None
+    assert float(case.get("time", 0)) >= 0.9
+
+
+def test_a_plugin_that_serializes_reports_gets_them_whole(pytester: pytest.Pytester) -> None:
+    """With a plugin of its own on pytest_report_to_serializable, every report
+    goes through the hooks, passed or not, and keeps what the plugin added."""
+    pytester.makeconftest(
+        """
+        def pytest_report_to_serializable(report):
+            if report.when == "call":
+                report.stamp = "carried"
+        def pytest_terminal_summary(terminalreporter):
+            for report in terminalreporter.stats.get("passed", []):
+                terminalreporter.write_line(f"stamp={getattr(report, 'stamp', None)}")
+        """
+    )
+    pytester.makepyfile("def test_a(): pass\n")
+    result = run(pytester, "-n", "1")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["stamp=carried"])
+
+
 def test_worker_compatibility_surface(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
