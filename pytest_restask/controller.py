@@ -128,6 +128,8 @@ class Controller:
         self._session: pytest.Session | None = None
         self._machine: StateMachine | None = None
         self._workercount = 0
+        #: Workers started before collection, until the loop takes them over.
+        self._spawner: ExecnetSpawner | None = None
 
     # -- hooks --------------------------------------------------------------------
 
@@ -136,6 +138,25 @@ class Controller:
         terminal = self._config.pluginmanager.get_plugin("terminalreporter")
         if terminal is not None:
             terminal.showfspath = False  # tests of many files interleave
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection(self, session: pytest.Session) -> None:
+        """Start as many workers as the last run that selected tests the same
+        way had tests to run, before collecting: their start-up and collection then overlap
+        the controller's.  With nothing remembered, they start after it,
+        one per runnable test at most."""
+        if self._config.option.collectonly:
+            return
+        self._workercount = min(self._settings.workers, _remembered_runnable(self._config))
+        if self._workercount:
+            self._spawner = ExecnetSpawner(self._setup_for, self._locate)
+            self._spawner.start_early(_worker_name(i) for i in range(self._workercount))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self) -> None:
+        if self._spawner is not None:  # started early, and the loop never ran
+            self._spawner.kill_all()
+            self._spawner = None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_report_teststatus(
@@ -171,8 +192,15 @@ class Controller:
         estimates = self._durations.estimates(item.nodeid for item in self._items)
         tasks = [self._task(index, item, table, estimates[index]) for index, item in enumerate(self._items)]
         runnable = sum(task.error is None for task in tasks)
-        self._workercount = min(self._settings.workers, runnable)
-        spawner = ExecnetSpawner(self._setup_for, self._locate)
+        _remember_runnable(self._config, runnable)
+        if not runnable and self._spawner is not None:  # started early for nothing
+            self._spawner.kill_all()
+            self._spawner, self._workercount = None, 0
+        # workers started early stay: a few idle ones cost less than a restart
+        self._workercount = max(self._workercount, min(self._settings.workers, runnable))
+        spawner = self._spawner or ExecnetSpawner(self._setup_for, self._locate)
+        self._spawner = None  # the loop owns it now, and ends it
+        spawner.collected(self._digest)
         machine = StateMachine(
             tasks,
             table,
@@ -430,7 +458,6 @@ class Controller:
         if self._config.pluginmanager.has_plugin("xdist"):
             overrides.append("--dist=no")
         return Setup(
-            collection=self._digest,
             args=[*params.args, *overrides],
             invocation_dir=str(params.dir),
             workerinput={
@@ -440,6 +467,43 @@ class Controller:
                 "mainargv": list(sys.argv),
             },
         )
+
+
+#: Where the number of runnable tests of recent runs is kept, by selection.
+RUNNABLE_KEY: Final = "restask/runnable"
+#: How many command lines :data:`RUNNABLE_KEY` remembers.
+RUNNABLE_KEPT: Final = 32
+
+
+#: Options that choose which tests run; with the test paths they make the
+#: key under which a run's size is remembered.  (Other options, such as
+#: pytester's ever-new ``--basetemp``, do not change what runs.)
+SELECTING_OPTIONS: Final = ("keyword", "markexpr", "lf", "deselect", "ignore", "ignore_glob", "shard")
+
+
+def _command_line(config: pytest.Config) -> str:
+    selection = [str(config.invocation_params.dir), *config.args]
+    selection.extend(f"{name}={getattr(config.option, name, None)!r}" for name in SELECTING_OPTIONS)
+    return "\0".join(selection)
+
+
+def _remembered_runnable(config: pytest.Config) -> int:
+    """Return how many tests the last run with this selection could run (0 if unknown)."""
+    cache = getattr(config, "cache", None)
+    known = None if cache is None else cache.get(RUNNABLE_KEY, None)
+    count = known.get(_command_line(config)) if isinstance(known, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+
+
+def _remember_runnable(config: pytest.Config, count: int) -> None:
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return
+    known = cache.get(RUNNABLE_KEY, None)
+    known = dict(known) if isinstance(known, dict) else {}
+    known.pop(_command_line(config), None)
+    known[_command_line(config)] = count
+    cache.set(RUNNABLE_KEY, dict(list(known.items())[-RUNNABLE_KEPT:]))
 
 
 def describe_difference(worker: str, ours: list[str], theirs: list[str], shown: int = 10) -> str:

@@ -24,6 +24,7 @@ __all__ = [
     "PlainPass",
     "WireReport",
     "AtTeardown",
+    "Collected",
     "Done",
     "Interrupted",
     "Message",
@@ -49,7 +50,7 @@ WORKERINPUT_KEY: Final = "restask_protocol"
 #: controller's reports share their strings with its items.
 ITEM_FIELDS: Final = ("nodeid", "location", "keywords")
 #: Bumped whenever a message changes shape.
-PROTOCOL_VERSION: Final = 4
+PROTOCOL_VERSION: Final = 5
 
 Wire: TypeAlias = tuple[str, dict[str, Any]]
 #: A phase that passed with no output, properties or extra attributes:
@@ -89,6 +90,19 @@ class Setup(Message):
     #: :func:`collection_digest` of the controller's items: a worker that
     #: collects anything else says so at once, with its list.
     collection: str = ""
+    #: The worker was started before the controller finished collecting: the
+    #: digest follows in :class:`Collected`, which the worker awaits before
+    #: it says it is ready.
+    collection_follows: bool = False
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Collected(Message):
+    """The controller's collection digest, for a worker started early."""
+
+    name: ClassVar[str] = "collected"
+    collection: str
 
 
 @final
@@ -221,6 +235,7 @@ _MESSAGES: Final[dict[str, type[Message]]] = {
     cls.name: cls
     for cls in (
         Setup,
+        Collected,
         Next,
         Shutdown,
         Ready,

@@ -7,25 +7,34 @@ Everything a worker says, and its end, arrives as an :class:`Event` on one
 queue that the controller drains; events of a replaced worker's earlier
 process are dropped here, so a replacement keeps its ``gwN`` name safely.
 
+Workers may be started early (:meth:`ExecnetSpawner.start_early`), while
+the controller still collects, so that their own start-up and collection
+overlap it; the state machine's first ``start_worker`` for such a worker
+then finds it already on its way.  A worker started before the
+controller's collection digest exists gets the digest in a
+:class:`~.messages.Collected` message once :meth:`ExecnetSpawner.collected`
+is called.
+
 This is the only controller-side module that imports execnet.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, final
 
 import execnet
 
-from .messages import Message, Next, Setup, Shutdown, from_wire, to_wire
+from .messages import Collected, Message, Next, Setup, Shutdown, from_wire, to_wire
 from .statemachine import Task
 
 __all__ = ["KILL_GRACE", "STOP_GRACE", "Event", "ExecnetSpawner", "describe_exit"]
@@ -63,6 +72,8 @@ class _Process:
     popen: subprocess.Popen[bytes] | None = None
     #: Asked to end before its process existed; ``_start`` ends it.
     cancelled: bool = False
+    #: Its setup said the collection digest follows, and it has not been sent.
+    awaits_digest: bool = False
     #: The channel delivered its last message.
     closed: threading.Event = field(default_factory=threading.Event)
     ended: threading.Event = field(default_factory=threading.Event)
@@ -106,11 +117,18 @@ class ExecnetSpawner:
         #: The current process of each worker.
         self._processes: dict[str, _Process] = {}
         self._generations = 0
+        #: Workers started early whose first ``start_worker`` is still to come.
+        self._early: set[str] = set()
+        #: The controller's collection digest, once :meth:`collected` gave it.
+        self._digest: str | None = None
 
     # -- the Spawner protocol ---------------------------------------------------
 
     def start_worker(self, worker: str) -> None:
         with self._lock:
+            if worker in self._early:  # already on its way (start_early)
+                self._early.discard(worker)
+                return
             self._generations += 1
             process = self._processes[worker] = _Process(self._generations)
         name = f"restask-start-{worker}"
@@ -141,6 +159,23 @@ class ExecnetSpawner:
         self._send(worker, Shutdown())
 
     # -- the rest -------------------------------------------------------------------
+
+    def start_early(self, workers: Iterable[str]) -> None:
+        """Start workers before the state machine asks for them."""
+        for worker in workers:
+            self.start_worker(worker)
+            with self._lock:
+                self._early.add(worker)
+
+    def collected(self, digest: str) -> None:
+        """Give the collection digest to the workers started without it."""
+        with self._lock:
+            self._digest = digest
+            for process in self._processes.values():
+                if process.awaits_digest and process.channel is not None and not process.ended.is_set():
+                    process.awaits_digest = False
+                    with contextlib.suppress(OSError):
+                        process.channel.send(to_wire(Collected(digest)))
 
     def close(self) -> None:
         """Wait for every worker to end (killing what will not), then the group."""
@@ -190,7 +225,14 @@ class ExecnetSpawner:
             process.channel = channel
             channel.setcallback(lambda data: self._on_data(worker, process, data), endmarker=_END)
             channel.send(list(sys.path))
-            channel.send(to_wire(self._setup_for(worker)))
+            with self._lock:  # against collected(): the digest goes in the setup or after it
+                setup = self._setup_for(worker)
+                if self._digest is None:
+                    setup = dataclasses.replace(setup, collection="", collection_follows=True)
+                else:
+                    setup = dataclasses.replace(setup, collection=self._digest)
+                channel.send(to_wire(setup))
+                process.awaits_digest = setup.collection_follows
         except Exception as e:
             process.ended.set()
             self._emit(worker, process, Event(worker, None, f"could not start: {e}"))

@@ -69,6 +69,7 @@ from pytest_restask.messages import (
     ITEM_FIELDS,
     WORKERINPUT_KEY,
     AtTeardown,
+    Collected,
     Done,
     Interrupted,
     Message,
@@ -105,10 +106,14 @@ class Channel(Protocol):
 class WorkerSession:
     """The pytest plugin that drives a worker's session from the channel."""
 
-    def __init__(self, channel: Channel, workerinput: dict[str, Any], collection: str = "") -> None:
+    def __init__(
+        self, channel: Channel, workerinput: dict[str, Any], collection: str = "", collection_follows: bool = False
+    ) -> None:
         self._channel = channel
         #: The controller's :func:`~.messages.collection_digest`.
         self._collection = collection
+        #: The digest comes in a message of its own, once the controller has it.
+        self._collection_follows = collection_follows
         #: Set on ``config`` before any other plugin configures.
         self._workerinput = workerinput
         #: Collected items by node id (a list: ids may repeat).
@@ -181,6 +186,11 @@ class WorkerSession:
         for item in session.items:
             self._items.setdefault(item.nodeid, []).append(item)
         nodeids = sorted(self._items.keys())
+        if self._collection_follows:
+            collected = self.receive()
+            if not isinstance(collected, Collected):
+                raise ProtocolError(f"expected 'collected' before work, got {collected.name!r}")
+            self._collection = collected.collection
         # only a differing collection is sent whole: the controller names the difference
         same = not self._collection or collection_digest(nodeids) == self._collection
         self.send(Ready(os.getpid(), len(session.items), [] if same else nodeids))
@@ -384,7 +394,7 @@ def serve(channel: Channel) -> None:
     os.chdir(setup.invocation_dir)
     os.environ.update(_environment(setup.workerinput))
     workerinput = dict(setup.workerinput, **{WORKERINPUT_KEY: True})
-    session = WorkerSession(channel, workerinput, setup.collection)
+    session = WorkerSession(channel, workerinput, setup.collection, setup.collection_follows)
     try:
         code = pytest.main(setup.args, plugins=[session])
     except BaseException:

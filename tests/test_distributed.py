@@ -183,6 +183,59 @@ def test_a_plugin_that_serializes_reports_gets_them_whole(pytester: pytest.Pytes
     result.stdout.fnmatch_lines(["stamp=carried"])
 
 
+_EARLY_CONFTEST = """
+import os, time
+
+def log(line):
+    with open(os.path.join(os.environ["LOG_DIR"], "events.log"), "a") as f:
+        f.write(line + "\\n")
+
+def pytest_sessionstart(session):
+    if hasattr(session.config, "workerinput"):
+        log("worker-start")
+
+def pytest_collection_finish(session):
+    if hasattr(session.config, "workerinput"):
+        return
+    saw = False
+    if os.environ.get("WAIT_FOR_WORKER"):
+        # only a worker started before this collection ended can end the wait
+        deadline = time.monotonic() + float(os.environ["WAIT_FOR_WORKER"])
+        while not saw and time.monotonic() < deadline:
+            time.sleep(0.05)
+            with open(os.path.join(os.environ["LOG_DIR"], "events.log")) as f:
+                saw = "worker-start" in f.read()
+    log(f"controller-collected saw-worker={saw}")
+"""
+
+
+def test_second_run_starts_workers_while_the_controller_collects(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first run remembers how many tests it could run; the next run with
+    the same command line starts that many workers before collecting."""
+    pytester.makeconftest(_EARLY_CONFTEST)
+    pytester.makepyfile("import pytest\n@pytest.mark.parametrize('x', range(3))\ndef test_a(x): pass\n")
+    monkeypatch.setenv("LOG_DIR", str(pytester.path))
+    (pytester.path / "events.log").write_text("")
+    run(pytester, "-n", "2").assert_outcomes(passed=3)
+    first = (pytester.path / "events.log").read_text().splitlines()
+    assert first[0] == "controller-collected saw-worker=False"
+    assert "worker-start" in first[1:]
+    (pytester.path / "events.log").write_text("")
+    monkeypatch.setenv("WAIT_FOR_WORKER", "60")
+    result = run(pytester, "-n", "2")
+    result.assert_outcomes(passed=3)
+    again = (pytester.path / "events.log").read_text().splitlines()
+    # (a worker still starting when the others finished all tests is ended unused)
+    assert again.index("worker-start") < again.index("controller-collected saw-worker=True")
+    # another selection is another run: nothing is remembered for it
+    (pytester.path / "events.log").write_text("")
+    monkeypatch.setenv("WAIT_FOR_WORKER", "5")
+    run(pytester, "-n", "2", "-k", "test_a").assert_outcomes(passed=3)
+    assert (pytester.path / "events.log").read_text().splitlines()[0] == "controller-collected saw-worker=False"
+
+
 def test_worker_compatibility_surface(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """

@@ -287,7 +287,10 @@ def test_keyboard_interrupt_in_a_test_ends_the_run_as_serially(pytester: pytest.
 # -- collection ----------------------------------------------------------------
 
 
-def test_workers_that_collect_other_tests_stop_the_run(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("again", [False, True], ids=["first", "again"])
+def test_workers_that_collect_other_tests_stop_the_run(pytester: pytest.Pytester, again: bool) -> None:
+    """Also ``again``: a second run starts its workers before the controller
+    has collected, so the digest reaches them in a message of its own."""
     pytester.makepyfile(
         """
         import random, pytest
@@ -300,6 +303,8 @@ def test_workers_that_collect_other_tests_stop_the_run(pytester: pytest.Pytester
             pass
         """
     )
+    if again:
+        run(pytester, "-n", "2")
     result = run(pytester, "-n", "2")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(
