@@ -34,6 +34,7 @@ import pytest
 
 from .durations import Durations
 from .messages import (
+    SHARD_WORKERS_KEY,
     AtTeardown,
     Done,
     Interrupted,
@@ -465,6 +466,7 @@ class Controller:
                 "workercount": self._workercount,
                 "testrunuid": self._testrunuid,
                 "mainargv": list(sys.argv),
+                SHARD_WORKERS_KEY: self._settings.shard_workers,
             },
         )
 

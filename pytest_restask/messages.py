@@ -45,6 +45,9 @@ __all__ = [
 
 #: The key in ``config.workerinput`` that marks a restask worker.
 WORKERINPUT_KEY: Final = "restask_protocol"
+#: ``config.workerinput`` key: the workers per job that ``--shard`` balanced
+#: for, so that a worker (run with ``-n 0``) splits as the controller did.
+SHARD_WORKERS_KEY: Final = "restask_shard_workers"
 #: Fields of a serialized report that the controller takes from its own
 #: item instead (they are the item's): fewer bytes on the wire, and the
 #: controller's reports share their strings with its items.

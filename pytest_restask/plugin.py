@@ -28,22 +28,25 @@ from typing import Final, final
 
 import pytest
 
-from . import compat, holds
-from .durations import DurationsRecorder
-from .messages import WORKERINPUT_KEY
+from . import compat, durations, holds
+from .durations import Durations, DurationsRecorder
+from .messages import SHARD_WORKERS_KEY, WORKERINPUT_KEY
 from .resources import (
+    FREE,
     LockTable,
     Requirement,
     ResourceError,
     merge_requests,
-    parse_capacities,
     parse_resource_marker,
+    parse_resources,
     parse_serial_marker,
 )
+from .sharding import Shard, ShardError, ShardTest, parse_shard, split
 
 __all__ = [
     "FAILFAST_REASON",
     "LocalRun",
+    "ShardSelection",
     "Declaration",
     "Settings",
     "declaration_error",
@@ -61,7 +64,16 @@ TIMEOUT_DESC: Final = (
     "End a test on a worker that runs longer than this many seconds (setup, call and teardown) "
     "and report it failed (default: no limit; applies only with -n)"
 )
-RESOURCES_DESC: Final = "Capacities of counted resources, one 'name: capacity' line each (default capacity: 1)"
+RESOURCES_DESC: Final = (
+    "Capacities of counted resources, one 'name: capacity' line each (default capacity: 1); "
+    "'name: capacity global' for one copy shared by all --shard jobs"
+)
+SHARD_DESC: Final = "Run only part K of N of the selected tests, balanced by durations and resources (CI jobs)"
+SHARD_PLAN_DESC: Final = "With --shard K/N: show every shard's test count, expected time and bottleneck; run nothing"
+DURATIONS_FILE_DESC: Final = (
+    "Read and write test durations in this JSON file (pytest-split's .test_durations form) instead of the cache"
+)
+SHARD_PLAN_NEEDS_SHARD: Final = "--shard-plan needs --shard K/N, to know N (K marks the shard listed)"
 RESOURCE_MARKER: Final = (
     "resource(*names, shared=False, slots=None): the test needs these resources; "
     "exclusive by default, shared=True beside other shared users, slots=K counted "
@@ -84,6 +96,14 @@ NOT_APPLY_TIMEOUT_MARKER: Final = (
 #: pytest-timeout is installed: that plugin fails the test first, with a
 #: stack dump, and restask's kill is only the backstop.
 TIMEOUT_MARGIN: Final = 5.0
+
+SHARD_LINE: Final = "restask: shard {shard}: {selected} of {total} selected tests"
+SHARD_DESELECTED: Final = "restask: {count} deselected by --shard {shard}"
+SHARD_EMPTY: Final = "restask: shard {shard} has no tests ({total} selected tests for {n} shards); nothing to run"
+SHARD_PLAN_HEADER: Final = "restask: shard plan ({workers} worker(s) per job; * this job's shard)"
+SHARD_PLAN_ROW: Final = (
+    "{mark} shard {shard}: {tests} tests, {seconds:.2f} s of work, at least {bound:.2f} s, bottleneck: {bottleneck}"
+)
 
 _DECLARATION_KEY: Final = pytest.StashKey["Declaration | str"]()
 
@@ -129,6 +149,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("restask", "resource-aware parallel runs (pytest-restask)")
     group.addoption("--failfast", action="store_true", default=False, help=FAILFAST_DESC)
     group.addoption("--task-timeout", dest="task_timeout", metavar="SECONDS", type=parse_timeout, help=TIMEOUT_DESC)
+    group.addoption("--shard", dest="shard", metavar="K/N", default=None, help=SHARD_DESC)
+    group.addoption("--shard-plan", dest="shard_plan", action="store_true", default=False, help=SHARD_PLAN_DESC)
+    group.addoption("--durations-file", dest="durations_file", metavar="FILE", default=None, help=DURATIONS_FILE_DESC)
     parser.addini("restask_resources", RESOURCES_DESC, type="linelist", default=[])
 
 
@@ -167,23 +190,48 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
 class Settings:
     """What the options and ini keys say, checked once at configure time."""
 
-    __slots__ = ("capacities", "failfast", "max_restarts", "task_timeout", "workers")
+    __slots__ = (
+        "capacities",
+        "failfast",
+        "global_resources",
+        "max_restarts",
+        "shard",
+        "shard_workers",
+        "task_timeout",
+        "workers",
+    )
 
     def __init__(self, config: pytest.Config) -> None:
         try:
-            #: Capacity of each counted resource, from ``restask_resources``.
-            self.capacities = parse_capacities(config.getini("restask_resources"))
+            #: Capacity of each counted resource, and the global ones, from ``restask_resources``.
+            self.capacities, self.global_resources = parse_resources(config.getini("restask_resources"))
         except ResourceError as e:
             raise pytest.UsageError(f"{e} (in the ini file {config.inipath})") from None
+        #: This job's part of a CI split: (K, N), or None.
+        self.shard = _shard_wanted(config)
         #: Stop starting tests after the first failure.
         self.failfast: bool = config.getoption("failfast")
         #: Seconds a test may take on a worker, or None.
         self.task_timeout: float | None = config.getoption("task_timeout")
         #: Worker processes to start; 0 runs in process.
         self.workers = _workers_wanted(config)
+        #: Workers per CI job that ``--shard`` balances for (also with --shard-plan, and on workers).
+        self.shard_workers = _shard_workers(config)
         restarts = config.getoption("maxworkerrestart", None)
         #: Worker replacements allowed before the run stops.
         self.max_restarts: int = 4 * self.workers if restarts is None else int(restarts)
+
+
+def _shard_wanted(config: pytest.Config) -> tuple[int, int] | None:
+    value = config.getoption("shard", None)
+    if value is None:
+        if config.getoption("shard_plan", False):
+            raise pytest.UsageError(SHARD_PLAN_NEEDS_SHARD)
+        return None
+    try:
+        return parse_shard(value)
+    except ShardError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 def _owns_n(config: pytest.Config) -> bool:
@@ -195,12 +243,25 @@ def _owns_n(config: pytest.Config) -> bool:
 
 
 def _workers_wanted(config: pytest.Config) -> int:
+    if config.getoption("collectonly"):
+        return 0
+    return _numprocesses(config)
+
+
+def _numprocesses(config: pytest.Config) -> int:
     value = config.getoption("numprocesses", None)
-    if not value or config.getoption("collectonly") or not _owns_n(config):
+    if not value or not _owns_n(config):
         return 0
     if value in ("auto", "logical"):
         return os.cpu_count() or 1
     return int(value)
+
+
+def _shard_workers(config: pytest.Config) -> int:
+    workerinput = getattr(config, "workerinput", None)
+    if isinstance(workerinput, dict) and SHARD_WORKERS_KEY in workerinput:
+        return int(workerinput[SHARD_WORKERS_KEY])
+    return max(_numprocesses(config), 1)
 
 
 def _is_restask_worker(config: pytest.Config) -> bool:
@@ -216,11 +277,17 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", TIMEOUT_MARKER)
     if not _has_xdist(config.pluginmanager):
         config.pluginmanager.register(compat, "restask.compat")
-    if _is_restask_worker(config):
-        return
+    if config.getoption("shard_plan", False):
+        config.option.collectonly = True  # a plan runs nothing
     settings = Settings(config)
-    recorder = DurationsRecorder(config)
+    if _is_restask_worker(config):
+        if settings.shard is not None:  # the same split as the controller's, or the collections differ
+            config.pluginmanager.register(ShardSelection(config, settings, durations.load(config)), "restask.shard")
+        return
+    recorder = DurationsRecorder(config, save=settings.shard is None)
     config.pluginmanager.register(recorder, "restask.durations")
+    if settings.shard is not None:
+        config.pluginmanager.register(ShardSelection(config, settings, recorder.durations), "restask.shard")
     config.pluginmanager.register(LocalRun(config, settings), "restask.local")
     if not settings.workers:
         if settings.task_timeout is not None:
@@ -389,3 +456,81 @@ class LocalRun:
         if not_run > 0 and (self._finished > 0 or self._interrupted or stopped):
             why = stopped or "the run was interrupted"
             terminalreporter.write_sep("-", f"{not_run} of {len(session.items)} tests not run: {why}", yellow=True)
+
+
+@final
+class ShardSelection:
+    """Keeps this CI job's part of the selected tests (``--shard K/N``).
+
+    Runs after every other ``pytest_collection_modifyitems`` (``-k``, ``-m``
+    and the like select first), splits what is left with
+    :func:`~.sharding.split` from the durations store's estimates and the
+    tests' resources, and deselects the other shards' tests.  Workers make
+    the same split from the same data, so their collection matches the
+    controller's.  A job whose shard is empty exits 0 and says so.
+    """
+
+    def __init__(self, config: pytest.Config, settings: Settings, store: Durations) -> None:
+        assert settings.shard is not None
+        self._config = config
+        self._settings = settings
+        self._store = store
+        self._k, self._n = settings.shard
+        #: The split, once made.
+        self.shards: list[Shard] = []
+        self._selected = self._total = 0
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        table = LockTable(self._settings.capacities)
+        estimates = self._store.estimates(item.nodeid for item in items)
+        tests = [
+            # a test with a bad declaration runs (and fails) in one shard too
+            ShardTest(item.nodeid, seconds, FREE if declaration_error(item, table) else requirement_of(item))
+            for item, seconds in zip(items, estimates, strict=True)
+        ]
+        self.shards = split(tests, self._n, self._settings.shard_workers, self._settings.global_resources)
+        keep = set(self.shards[self._k - 1].tests)
+        selected = [item for index, item in enumerate(items) if index in keep]
+        deselected = [item for index, item in enumerate(items) if index not in keep]
+        self._total, self._selected = len(items), len(selected)
+        if deselected:
+            self._config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+    def pytest_report_collectionfinish(self) -> list[str]:
+        shard = f"{self._k}/{self._n}"
+        lines = [SHARD_LINE.format(shard=shard, selected=self._selected, total=self._total)]
+        if self._config.getoption("shard_plan"):
+            lines.extend(self._plan())
+        return lines
+
+    def _plan(self) -> list[str]:
+        lines = [SHARD_PLAN_HEADER.format(workers=self._settings.shard_workers)]
+        for shard in self.shards:
+            mark = "*" if shard.index == self._k else " "
+            lines.append(
+                SHARD_PLAN_ROW.format(
+                    mark=mark,
+                    shard=f"{shard.index}/{self._n}",
+                    tests=len(shard.tests),
+                    seconds=shard.seconds,
+                    bound=shard.bound,
+                    bottleneck=shard.bottleneck or "the workers",
+                )
+            )
+        return lines
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        deselected = self._total - self._selected
+        shard = f"{self._k}/{self._n}"
+        if deselected:
+            terminalreporter.write_line(SHARD_DESELECTED.format(count=deselected, shard=shard))
+        if not self._selected:
+            terminalreporter.write_line(SHARD_EMPTY.format(shard=shard, total=self._total, n=self._n))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # a CI matrix wider than the suite must not fail: an empty shard is fine
+        if not self._selected and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+            session.exitstatus = pytest.ExitCode.OK

@@ -35,6 +35,7 @@ __all__ = [
     "ResourceError",
     "merge_requests",
     "parse_capacities",
+    "parse_resources",
     "parse_resource_marker",
     "parse_serial_marker",
     "slot_env_name",
@@ -170,16 +171,26 @@ def merge_requests(requests: Iterable[Request], serial: bool = False) -> Require
     return Requirement(tuple(strongest[n] for n in sorted(strongest)), serial)
 
 
-_CAPACITY_LINE = re.compile(r"^\s*(?P<name>[^:]+?)\s*:\s*(?P<capacity>\S+)\s*$")
+_CAPACITY_LINE = re.compile(r"^\s*(?P<name>[^:]+?)\s*:\s*(?P<capacity>\S+)(?:\s+(?P<scope>\S+))?\s*$")
+#: The word after a capacity that makes a resource one copy for all CI jobs.
+GLOBAL: Final = "global"
 
 
 def parse_capacities(lines: Iterable[str]) -> dict[str, int]:
-    """Parse ``restask_resources`` lines of the form ``name: capacity``.
+    """Parse ``restask_resources`` lines of the form ``name: capacity``."""
+    return parse_resources(lines)[0]
 
-    Blank lines and lines starting with ``#`` are skipped.  Raise
+
+def parse_resources(lines: Iterable[str]) -> tuple[dict[str, int], frozenset[str]]:
+    """Parse ``restask_resources`` lines ``name: capacity`` or ``name: capacity global``.
+
+    Return the capacities, and the names declared ``global``: one copy shared
+    by every CI job of a ``--shard`` split, rather than one per job.  Blank
+    lines and lines starting with ``#`` are skipped.  Raise
     :class:`ResourceError` quoting the first bad line.
     """
     capacities: dict[str, int] = {}
+    global_names: set[str] = set()
     for raw in lines:
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -198,8 +209,16 @@ def parse_capacities(lines: Iterable[str]) -> dict[str, int]:
             )
         if name in capacities:
             raise ResourceError(f"restask_resources line {line!r}: {name!r} is declared twice")
+        scope = match.group("scope")
+        if scope is not None and scope != GLOBAL:
+            raise ResourceError(
+                f"restask_resources line {line!r}: after the capacity only {GLOBAL!r} may follow "
+                f"(one copy for all CI jobs), got {scope!r}"
+            )
         capacities[name] = capacity
-    return capacities
+        if scope == GLOBAL:
+            global_names.add(name)
+    return capacities, frozenset(global_names)
 
 
 def slot_env_name(resource: str) -> str:

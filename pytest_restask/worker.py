@@ -171,6 +171,13 @@ class WorkerSession:
         self._plain_passes = [impl.plugin_name for impl in implementations] == [PYTEST_REPORTS_PLUGIN]
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        # Nobody reads a worker's terminal: its reporter would only write
+        # each result to /dev/null and, at the end, run every plugin's
+        # terminal summary (hypothesis's imports all of hypothesis there).
+        # Plugins meet no terminal reporter as with ``-p no:terminal``.
+        terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None:
+            session.config.pluginmanager.unregister(terminal)
         # the terminal reporter took /dev/null as its file; with -s a test's
         # print() goes where its fd 1 goes: to the controller's stderr
         if session.config.getoption("capture") == "no":

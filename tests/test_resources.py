@@ -16,6 +16,7 @@ from pytest_restask.resources import (
     merge_requests,
     parse_capacities,
     parse_resource_marker,
+    parse_resources,
     parse_serial_marker,
     slot_env_name,
 )
@@ -81,12 +82,18 @@ class TestCapacities:
             ("gpu 2", "line 'gpu 2' is not of the form 'name: capacity'"),
             ("gpu: two", "capacity must be a whole number of at least 1, got 'two'"),
             ("gpu: 0", "got '0'"),
-            ("gpu: 2 3", "not of the form"),
+            ("gpu: 2 3", "after the capacity only 'global' may follow .*, got '3'"),
+            ("gpu: 2 global now", "not of the form"),
         ],
     )
     def test_bad(self, line: str, message: str) -> None:
         with pytest.raises(ResourceError, match=message):
             parse_capacities([line])
+
+    def test_global(self) -> None:
+        capacities, global_names = parse_resources(["staging: 1 global", "gpu: 2", "lab : 3  global"])
+        assert capacities == {"staging": 1, "gpu": 2, "lab": 3}
+        assert global_names == {"staging", "lab"}
 
     def test_twice(self) -> None:
         with pytest.raises(ResourceError, match="'gpu' is declared twice"):
