@@ -23,7 +23,13 @@ Suites:
 - ``resources``: 300 tests sleeping 40-150 ms, shuffled with a fixed seed, on
   "db", "port", "gpu" and "cache" (exclusive and shared) at ``-n 8``;
 - ``fixtures``: 10 modules of 10 tests with expensive module- and
-  session-scoped fixtures, half of the modules on "db", at ``-n 4``.
+  session-scoped fixtures, half of the modules on "db", at ``-n 4``;
+- ``large`` (only when named: it takes minutes): 60,000 trivial
+  parametrized tests at ``-n --workers``, where the controller's cost per
+  test decides whether 2 workers on 2 cores beat a serial run.
+
+The child processes run without ``PYTHONDONTWRITEBYTECODE``, as in daily use,
+so that bytecode and pytest's rewritten test modules are cached.
 
 For the resources suite every test body appends its node id and start/end
 wall times to a JSON-lines log. From it the script computes ``span / bound``,
@@ -39,7 +45,7 @@ anything above 0 means that contender did not keep the resources apart.
 Run from the repository root, with the interpreter that has pytest,
 pytest-xdist, filelock and pytest-restask installed::
 
-    python benchmarks/run.py [--repeat 3] [--workers 2] [--suite tiny,startup,resources,fixtures]
+    python benchmarks/run.py [--repeat 3] [--workers 2] [--suite tiny,startup,resources,fixtures,large]
 
 The script uses only the standard library; the child processes it starts use
 ``sys.executable``. It exits with status 1 if any run failed.
@@ -70,6 +76,7 @@ SEED = 20240601
 STARTUP_WORKERS = 8
 RESOURCES_WORKERS = 8
 FIXTURES_WORKERS = 4
+LARGE_TESTS = 60_000
 # pytest's cache stays on, as in daily use: restask keeps its durations there
 PYTEST = (sys.executable, "-m", "pytest", "-q")
 
@@ -167,20 +174,29 @@ def basic_contenders(workers: int) -> list[Contender]:
     ]
 
 
-def build_tiny(root: Path, workers: int) -> Suite:
-    write_ini(root / MARKED)
-    write(
-        root / MARKED / "test_tiny.py",
-        """
-        import pytest
+def trivial_suite(name: str, count: int) -> Callable[[Path, int], Suite]:
+    """A builder of ``count`` trivial parametrized tests in one module."""
+
+    def build(root: Path, workers: int) -> Suite:
+        write_ini(root / MARKED)
+        write(
+            root / MARKED / f"test_{name}.py",
+            f"""
+            import pytest
 
 
-        @pytest.mark.parametrize("case", range(2000))
-        def test_tiny(case):
-            assert case >= 0
-        """,
-    )
-    return Suite("tiny", root, 2000, workers, basic_contenders(workers))
+            @pytest.mark.parametrize("case", range({count}))
+            def test_{name}(case):
+                assert case >= 0
+            """,
+        )
+        return Suite(name, root, count, workers, basic_contenders(workers))
+
+    return build
+
+
+build_tiny = trivial_suite("tiny", 2000)
+build_large = trivial_suite("large", LARGE_TESTS)
 
 
 def build_startup(root: Path, workers: int) -> Suite:
@@ -373,7 +389,10 @@ BUILDERS: dict[str, Callable[[Path, int], Suite]] = {
     "startup": build_startup,
     "resources": build_resources,
     "fixtures": build_fixtures,
+    "large": build_large,
 }
+#: Suites left out unless named: they take minutes.
+OPT_IN = ("large",)
 
 
 # -------------------------------------------------------------------- running
@@ -387,7 +406,11 @@ def output_text(data: str | bytes | None) -> str:
 
 def run_pytest(cwd: Path, args: Sequence[str], log: Path) -> tuple[float, int | None, str]:
     """Run pytest in cwd; return wall seconds, exit code (None on timeout) and combined output."""
-    env = {**os.environ, "BENCH_LOG": str(log)}
+    # as in daily use: Python caches bytecode, and pytest its rewritten test
+    # modules (a sandbox's PYTHONDONTWRITEBYTECODE would make every process
+    # of every contender compile them again)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    env["BENCH_LOG"] = str(log)
     start = time.perf_counter()
     try:
         done = subprocess.run(
@@ -609,7 +632,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repeat", type=int, default=3, help="rounds over all contenders (default 3)")
     parser.add_argument("--workers", type=int, default=2, help="workers for the tiny suite (default 2)")
-    parser.add_argument("--suite", default=",".join(BUILDERS), help=f"comma-separated, from {','.join(BUILDERS)}")
+    default = ",".join(name for name in BUILDERS if name not in OPT_IN)
+    parser.add_argument(
+        "--suite", default=default, help=f"comma-separated, from {','.join(BUILDERS)} (default {default})"
+    )
     args = parser.parse_args(argv)
     args.suites = [name.strip() for name in args.suite.split(",") if name.strip()]
     unknown = [name for name in args.suites if name not in BUILDERS]

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar, Final, TypeAlias, final
 
 __all__ = [
+    "Ahead",
     "ITEM_FIELDS",
     "PlainPass",
     "WireReport",
@@ -53,7 +54,7 @@ SHARD_WORKERS_KEY: Final = "restask_shard_workers"
 #: controller's reports share their strings with its items.
 ITEM_FIELDS: Final = ("nodeid", "location", "keywords")
 #: Bumped whenever a message changes shape.
-PROTOCOL_VERSION: Final = 5
+PROTOCOL_VERSION: Final = 6
 
 Wire: TypeAlias = tuple[str, dict[str, Any]]
 #: A phase that passed with no output, properties or extra attributes:
@@ -124,6 +125,24 @@ class Next(Message):
     keep_fixtures: bool = False
     #: Nothing more is expected soon: end session-scoped fixtures too.
     final: bool = False
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ahead(Message):
+    """Free tasks that follow what a busy worker was sent so far, in order.
+
+    Each is as a :class:`Next` with ``keep_fixtures`` and no slots; the
+    worker runs them one after another without asking.
+    """
+
+    name: ClassVar[str] = "ahead"
+    #: (task id, node id, occurrence) of each task.
+    tasks: list[tuple[int, str, int]]
+
+    def nexts(self) -> list[Next]:
+        """Return each task as the :class:`Next` it stands for."""
+        return [Next(task_id, nodeid, occurrence, keep_fixtures=True) for task_id, nodeid, occurrence in self.tasks]
 
 
 @final
@@ -240,6 +259,7 @@ _MESSAGES: Final[dict[str, type[Message]]] = {
         Setup,
         Collected,
         Next,
+        Ahead,
         Shutdown,
         Ready,
         Report,

@@ -28,13 +28,13 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, final
 
 import execnet
 
-from .messages import Collected, Message, Next, Setup, Shutdown, from_wire, to_wire
+from .messages import Ahead, Collected, Message, Next, Setup, Shutdown, from_wire, to_wire
 from .statemachine import Task
 
 __all__ = ["KILL_GRACE", "STOP_GRACE", "Event", "ExecnetSpawner", "describe_exit"]
@@ -142,6 +142,9 @@ class ExecnetSpawner:
             nodeid, occurrence = self._locate(task)
             message = Next(task.id, nodeid, occurrence, slots, keep_fixtures, final)
         self._send(worker, message)
+
+    def send_ahead(self, worker: str, tasks: Sequence[Task]) -> None:
+        self._send(worker, Ahead([(task.id, *self._locate(task)) for task in tasks]))
 
     def kill_worker(self, worker: str) -> None:
         process = self._processes.get(worker)

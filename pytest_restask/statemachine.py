@@ -111,6 +111,10 @@ class Spawner(Protocol):
         ``final``: nothing more will come soon, so end session fixtures too.
         """
 
+    def send_ahead(self, worker: str, tasks: Sequence[Task]) -> None:
+        """Tell a busy worker which free tasks follow what it was sent so far,
+        in order, before it asks (each keeps the fixtures of the one before)."""
+
     def kill_worker(self, worker: str) -> None:
         """End a worker at once; ``worker_died`` follows."""
 
@@ -124,8 +128,9 @@ class _Worker:
     phase: WorkerPhase = WorkerPhase.STARTING
     #: The task the worker is running now.
     running: Task | None = None
-    #: A task handed over to follow ``running`` once its teardown is done.
-    queued: Task | None = None
+    #: Tasks sent to follow ``running``, in order: one handed over at its
+    #: teardown, or free tasks sent ahead (see ``_send_ahead``).
+    queued: list[Task] = field(default_factory=list)
     #: While KILLING: the task it is killed for, why, and a detail.
     kill_reason: tuple[Task, Reason, str] | None = None
 
@@ -157,6 +162,11 @@ def _claim_blocks(claim: Requirement, requirement: Requirement) -> bool:
 
 #: Seconds below which estimates do not order tasks (see :func:`prioritize`).
 SHORT = 0.05
+#: At most this many tasks, and this many estimated seconds of them, are
+#: sent ahead to one worker: enough that a fast worker never waits for the
+#: controller, and little enough that the run's end stays balanced.
+AHEAD_TASKS = 16
+AHEAD_SECONDS = SHORT
 
 
 def prioritize(tasks: Sequence[Task], table: LockTable, workers: int) -> list[Task]:
@@ -370,7 +380,7 @@ class StateMachine:
         assert current.id == task_id, (worker, task_id)
         if state.phase is not WorkerPhase.BUSY:
             return  # being killed: the answer would never be read
-        if state.queued is not None:
+        if state.queued:
             return  # answered ahead (see _send_ahead): that answer is on its way
         task = self._pick(replacing=current)
         if task is None:
@@ -378,7 +388,7 @@ class StateMachine:
             return
         grant = self._dispatch(task, state, now, replacing=current)
         assert current.grant is not None
-        state.queued = task
+        state.queued.append(task)
         self._spawner.send_next(worker, task, keep_fixtures=grant.covers(current.grant), final=False)
 
     def task_done(self, worker: str, task_id: int, now: float) -> None:
@@ -388,8 +398,8 @@ class StateMachine:
         assert current is not None, (worker, task_id)
         assert current.id == task_id, (worker, task_id)
         self._finish(current, now, Reason.COMPLETED, "")
-        if state.queued is not None:
-            state.running, state.queued = state.queued, None
+        if state.queued:
+            state.running = state.queued.pop(0)
             state.running.started_at = now
         else:
             state.running = None
@@ -413,9 +423,10 @@ class StateMachine:
             self._finish(state.running, now, reason, detail)
         elif state.kill_reason is None and state.phase is not WorkerPhase.KILLING:
             self.lost_outside_tests.append(f"worker {worker} ended outside a test: {cause}")
-        if state.queued is not None:
-            self._requeue(state.queued, now)
-        state.running = state.queued = state.kill_reason = None
+        for task in reversed(state.queued):  # back to the front, in their order
+            self._requeue(task, now)
+        state.queued.clear()
+        state.running = state.kill_reason = None
         if self.done or self.aborted is not None:
             state.phase = WorkerPhase.GONE
             return
@@ -465,12 +476,15 @@ class StateMachine:
         return not (q.requested or q.triaging or q.ready)
 
     def _send_ahead(self, state: _Worker, now: float) -> None:
-        """Pipelining: tell a worker running a free task which free task follows.
+        """Pipelining: tell a worker running a free task which free tasks follow.
 
         The answer to its teardown question is then on the way before it asks,
         so it need not wait for a round trip; when it asks anyway,
         :meth:`reached_teardown` leaves the question to the answer already
-        sent.  Only free after free: the hold of a resource ends at a
+        sent.  Up to :data:`AHEAD_TASKS` tasks and :data:`AHEAD_SECONDS`
+        of estimates are kept ahead, refilled in one message once half are
+        used: a test of a millisecond is shorter than a round trip to a
+        busy controller, so one task ahead is not enough.  Only free after free: the hold of a resource ends at a
         teardown, and only the controller knows then what can be granted.
         Never when a failure limit is set (the controller is then made without
         ``prefetch``): a task sent ahead would start after the failure that
@@ -480,16 +494,28 @@ class StateMachine:
         which would want the task now.
         """
         running = state.running
-        if running is None or state.queued is not None or not running.requirement.is_free or running.estimate > SHORT:
+        if running is None or state.phase is not WorkerPhase.BUSY:
+            return
+        chain = [running, *state.queued]
+        if not all(task.requirement.is_free and task.estimate <= SHORT for task in chain):
+            return
+        # refill only once half is used: one message carries several tasks
+        if len(state.queued) > AHEAD_TASKS // 2 or sum(task.estimate for task in state.queued) > AHEAD_SECONDS / 2:
             return
         if any(w.phase in (WorkerPhase.IDLE, WorkerPhase.STARTING) for w in self._workers.values()):
             return
-        task = self._pick(replacing=running, short_and_free=True)
-        if task is None:
-            return
-        self._dispatch(task, state, now, replacing=running)
-        state.queued = task
-        self._spawner.send_next(state.name, task, keep_fixtures=True, final=False)
+        sent: list[Task] = []
+        seconds = sum(task.estimate for task in state.queued)
+        while len(state.queued) < AHEAD_TASKS and seconds < AHEAD_SECONDS:
+            task = self._pick(replacing=running, short_and_free=True)
+            if task is None:
+                break
+            self._dispatch(task, state, now, replacing=running)
+            state.queued.append(task)
+            sent.append(task)
+            seconds += task.estimate
+        if sent:
+            self._spawner.send_ahead(state.name, sent)
 
     def _pick(self, replacing: Task | None, short_and_free: bool = False) -> Task | None:
         """Return the first ready task that can start now, honouring claims

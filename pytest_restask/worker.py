@@ -50,6 +50,7 @@ This module imports nothing of ours but the messages and the slot helper.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
@@ -68,6 +69,7 @@ from pytest_restask import holds
 from pytest_restask.messages import (
     ITEM_FIELDS,
     WORKERINPUT_KEY,
+    Ahead,
     AtTeardown,
     Collected,
     Done,
@@ -123,6 +125,8 @@ class WorkerSession:
         self._asked = False
         #: The answer received during the current task's teardown.
         self._next: Next | None = None
+        #: Tasks sent ahead (:class:`~.messages.Ahead`) not started yet, in order.
+        self._pending: collections.deque[Next] = collections.deque()
         #: Reports of the current task not sent yet.
         self._reports: list[WireReport] = []
         #: The last task run, and its item: a shutdown's teardown belongs to it.
@@ -148,14 +152,25 @@ class WorkerSession:
             self._channel.send(plain(wire))
 
     def receive(self) -> Message:
-        return from_wire(self._channel.receive())
+        """Return the next message: a task sent ahead first, else from the channel."""
+        return self._unpack(self._pending.popleft() if self._pending else from_wire(self._channel.receive()))
 
     def poll(self) -> Message | None:
         """Return a message that has already arrived, or None."""
+        if self._pending:
+            return self._pending.popleft()
         try:
-            return from_wire(self._channel.receive(timeout=0))
+            return self._unpack(from_wire(self._channel.receive(timeout=0)))
         except self._channel.TimeoutError:
             return None
+
+    def _unpack(self, message: Message) -> Message:
+        """Keep the tasks of an :class:`Ahead` in order, and return the first."""
+        if not isinstance(message, Ahead):
+            return message
+        first, *rest = message.nexts()
+        self._pending.extend(rest)
+        return first
 
     # -- pytest hooks -------------------------------------------------------------
 
@@ -168,7 +183,7 @@ class WorkerSession:
         self._config = config
         # a plugin that serializes reports its own way gets every report whole
         implementations = config.hook.pytest_report_to_serializable.get_hookimpls()
-        self._plain_passes = [impl.plugin_name for impl in implementations] == [PYTEST_REPORTS_PLUGIN]
+        self._plain_passes = {impl.plugin_name for impl in implementations} <= PYTEST_SERIALIZERS
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         # Nobody reads a worker's terminal: its reporter would only write
@@ -222,12 +237,14 @@ class WorkerSession:
         """Ask what follows a task, then end what the answer does not need."""
         __tracebackhide__ = True
         self._asked = True
-        answer = self.poll()  # the controller may have answered ahead
+        # Answered ahead (short free tests, see the state machine's
+        # _send_ahead): nothing is sent now, and the setup and call reports
+        # ride with Done -- one message per test.  A crash in this teardown
+        # then fails the test as a crash, without its passed setup and call.
+        answer = self.poll()
         if answer is None:
             self.send(AtTeardown(task_id, self._take_reports()))
             answer = self.receive()
-        elif self._reports:  # a crash in teardown must not lose setup and call
-            self.send(Report(task_id, self._take_reports()))
         if not isinstance(answer, Next):
             raise ProtocolError(f"expected 'next' at teardown, got {answer.name!r}")
         self._next = answer
@@ -250,7 +267,7 @@ class WorkerSession:
     def _serialize(self, report: pytest.TestReport) -> WireReport:
         assert self._config is not None
         if self._plain_passes and _is_plain_pass(report):
-            return [report.when, report.duration, report.start, report.stop]
+            return [report.when, report.duration, getattr(report, "start", 0.0), getattr(report, "stop", 0.0)]
         data: dict[str, Any] = self._config.hook.pytest_report_to_serializable(config=self._config, report=report)
         for key in ITEM_FIELDS:  # the controller has them from its own item
             data.pop(key, None)
@@ -336,8 +353,9 @@ class WorkerSession:
             self.send(Report(task_id, [self._serialize(pytest.TestReport.from_item_and_call(item, call))]))
 
 
-#: The name pytest registers its own report serialization under.
-PYTEST_REPORTS_PLUGIN: Final = "reports"
+#: pytest's own plugins on ``pytest_report_to_serializable``: "reports", and
+#: on pytest 9 "subtests" (only for its SubtestReport, never a plain pass).
+PYTEST_SERIALIZERS: Final = frozenset({"reports", "subtests"})
 
 
 @functools.cache

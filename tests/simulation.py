@@ -55,8 +55,10 @@ class SimSpawner:
         self.answers: list[tuple[str, int | None, bool, bool]] = []
         self.kills = 0
         self.starts = 0
-        #: Answers sent ahead that a worker will find at its teardown.
-        self._ahead: dict[str, Task | None] = {}
+        #: Answers sent ahead that a worker will find at its teardowns, in order.
+        self._ahead: dict[str, list[Task | None]] = {}
+        #: How many tasks each send_ahead carried.
+        self.batches: list[int] = []
         #: Workers that asked at their teardown and wait for the answer.
         self._asking: set[str] = set()
         #: The tasks whose worker asked what follows them, in order.
@@ -78,10 +80,15 @@ class SimSpawner:
             self._begin(worker, gen, task, self.now)
             return
         if worker not in self._asking:  # sent ahead: the worker finds it at its teardown
-            self._ahead[worker] = task
+            self._ahead.setdefault(worker, []).append(task)
             return
         self._asking.discard(worker)
         self._tear_down(worker, gen, current, task)
+
+    def send_ahead(self, worker: str, tasks: Sequence[Task]) -> None:
+        self.batches.append(len(tasks))
+        for task in tasks:
+            self.send_next(worker, task, keep_fixtures=True, final=False)
 
     def _tear_down(self, worker: str, gen: int, current: Interval, task: Task | None) -> None:
         def done() -> None:
@@ -96,8 +103,8 @@ class SimSpawner:
 
     def _reach_teardown(self, worker: str, gen: int, task: Task) -> None:
         """Like the worker: use an answer sent ahead, or ask and wait."""
-        if worker in self._ahead:
-            self._tear_down(worker, gen, self._open[worker], self._ahead.pop(worker))
+        if self._ahead.get(worker):
+            self._tear_down(worker, gen, self._open[worker], self._ahead[worker].pop(0))
             return
         self._asking.add(worker)
         self.asked.append(task.id)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_restask.resources import LockTable, Mode, Request, Requirement, merge_requests
-from pytest_restask.statemachine import Reason, StateMachine, Task, WorkerPhase
+from pytest_restask.statemachine import AHEAD_TASKS, Reason, StateMachine, Task, WorkerPhase
 
 from .simulation import Plan, SimSpawner, conflicts, make_machine
 
@@ -248,6 +248,20 @@ def test_a_worker_on_free_tasks_gets_its_next_one_ahead() -> None:
         ("gw0", None, False, True),
     ]
     assert sim.asked == [2, 3]  # the db task's teardown, and the last one's
+
+
+def test_tiny_free_tasks_are_sent_ahead_in_batches() -> None:
+    """A worker on tests of a millisecond gets several at a time, refilled
+    once half are used, so it never waits and messages are few."""
+    sm, sim = make_machine([needs()] * 200, [Plan(body=0.001, teardown=0.0)] * 200, workers=2, prefetch=True)
+    for task in sm.queues.requested:
+        task.estimate = 0.001
+    sim.run(sm)
+    assert [t.reason for t in sm.finished] == [Reason.COMPLETED] * 200
+    assert len(sim.batches) <= 200 // 8  # about one message per 8 tasks
+    assert max(sim.batches) == AHEAD_TASKS
+    assert len(sim.asked) == 2  # only each worker's last task asks what follows
+    assert sm.table.is_empty()
 
 
 def test_a_task_sent_ahead_goes_back_to_the_queue_when_its_worker_dies() -> None:
