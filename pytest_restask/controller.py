@@ -210,7 +210,9 @@ class Controller:
             task_timeout=self._settings.task_timeout,
             max_restarts=self._settings.max_restarts,
             # tasks sent ahead would start after a failure that reached the limit
-            prefetch=not (self._settings.failfast or self._config.option.maxfail),
+            prefetch=not (
+                self._settings.failfast or self._config.option.maxfail or self._config.getoption("stepwise", False)
+            ),
         )
         self._session = session
         completed = False

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Final, final
@@ -108,7 +109,8 @@ class DurationsRecorder:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self) -> None:
-        if not self._measured or not self._save:
+        # pytest-xdist's workers (where xdist owns -n) leave saving to their controller
+        if not self._measured or not self._save or hasattr(self._config, "workerinput"):
             return
         self.durations.update(self._measured)
         path = durations_file(self._config)
@@ -174,6 +176,7 @@ def read_file(path: Path) -> tuple[Durations, int]:
 
 def write_file(path: Path, durations: Durations) -> None:
     """Write the store as pytest-split does: a sorted JSON object, one test a line."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(durations.to_data(), indent=4) + "\n", encoding="utf-8")
+    handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        file.write(json.dumps(durations.to_data(), indent=4) + "\n")
     os.replace(temporary, path)  # a reader never sees half a file

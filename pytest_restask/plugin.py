@@ -97,7 +97,7 @@ NOT_APPLY_TIMEOUT_MARKER: Final = (
 #: stack dump, and restask's kill is only the backstop.
 TIMEOUT_MARGIN: Final = 5.0
 
-SHARD_LINE: Final = "restask: shard {shard}: {selected} of {total} selected tests"
+SHARD_LINE: Final = "restask: shard {shard}: {selected} of {total} selected tests (split for {workers} worker(s) a job)"
 SHARD_DESELECTED: Final = "restask: {count} deselected by --shard {shard}"
 SHARD_EMPTY: Final = "restask: shard {shard} has no tests ({total} selected tests for {n} shards); nothing to run"
 SHARD_PLAN_HEADER: Final = "restask: shard plan ({workers} worker(s) per job; * this job's shard)"
@@ -500,7 +500,8 @@ class ShardSelection:
 
     def pytest_report_collectionfinish(self) -> list[str]:
         shard = f"{self._k}/{self._n}"
-        lines = [SHARD_LINE.format(shard=shard, selected=self._selected, total=self._total)]
+        workers = self._settings.shard_workers
+        lines = [SHARD_LINE.format(shard=shard, selected=self._selected, total=self._total, workers=workers)]
         if self._config.getoption("shard_plan"):
             lines.extend(self._plan())
         return lines
@@ -526,11 +527,12 @@ class ShardSelection:
         shard = f"{self._k}/{self._n}"
         if deselected:
             terminalreporter.write_line(SHARD_DESELECTED.format(count=deselected, shard=shard))
-        if not self._selected:
+        if self._total and not self._selected:
             terminalreporter.write_line(SHARD_EMPTY.format(shard=shard, total=self._total, n=self._n))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         # a CI matrix wider than the suite must not fail: an empty shard is fine
-        if not self._selected and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        # (but a selection of nothing at all, a typo in -k, still exits 5)
+        if self._total and not self._selected and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
             session.exitstatus = pytest.ExitCode.OK

@@ -121,11 +121,15 @@ class ExecnetSpawner:
         self._early: set[str] = set()
         #: The controller's collection digest, once :meth:`collected` gave it.
         self._digest: str | None = None
+        #: kill_all was called: nothing may start any more.
+        self._closed = False
 
     # -- the Spawner protocol ---------------------------------------------------
 
     def start_worker(self, worker: str) -> None:
         with self._lock:
+            if self._closed:
+                return
             if worker in self._early:  # already on its way (start_early)
                 self._early.discard(worker)
                 return
@@ -193,8 +197,13 @@ class ExecnetSpawner:
         return any(not process.ended.is_set() for process in list(self._processes.values()))
 
     def kill_all(self) -> None:
-        """End every worker at once (on an interrupt)."""
-        for process in list(self._processes.values()):
+        """End every worker at once (on an interrupt), also one still booting."""
+        with self._lock:
+            self._closed = True  # _start ends what it boots from now on
+            processes = list(self._processes.values())
+            for process in processes:
+                process.cancelled = True
+        for process in processes:
             if process.popen is not None:
                 _signal_group(process.popen, signal.SIGKILL)
         self._group.terminate(timeout=KILL_GRACE)
@@ -229,13 +238,17 @@ class ExecnetSpawner:
             channel.setcallback(lambda data: self._on_data(worker, process, data), endmarker=_END)
             channel.send(list(sys.path))
             with self._lock:  # against collected(): the digest goes in the setup or after it
-                setup = self._setup_for(worker)
-                if self._digest is None:
-                    setup = dataclasses.replace(setup, collection="", collection_follows=True)
-                else:
-                    setup = dataclasses.replace(setup, collection=self._digest)
-                channel.send(to_wire(setup))
-                process.awaits_digest = setup.collection_follows
+                cancelled = process.cancelled
+                if not cancelled:
+                    setup = self._setup_for(worker)
+                    if self._digest is None:
+                        setup = dataclasses.replace(setup, collection="", collection_follows=True)
+                    else:
+                        setup = dataclasses.replace(setup, collection=self._digest)
+                    channel.send(to_wire(setup))
+                    process.awaits_digest = setup.collection_follows
+            if cancelled:  # kill_all meanwhile: it never gets a session
+                self._close(process)
         except Exception as e:
             process.ended.set()
             self._emit(worker, process, Event(worker, None, f"could not start: {e}"))

@@ -131,6 +131,9 @@ class _Worker:
     #: Tasks sent to follow ``running``, in order: one handed over at its
     #: teardown, or free tasks sent ahead (see ``_send_ahead``).
     queued: list[Task] = field(default_factory=list)
+    #: Told "nothing for now" at its running task's teardown: it ends that
+    #: task's fixtures, so nothing is sent ahead until it is done.
+    told_nothing: bool = False
     #: While KILLING: the task it is killed for, why, and a detail.
     kill_reason: tuple[Task, Reason, str] | None = None
 
@@ -384,6 +387,7 @@ class StateMachine:
             return  # answered ahead (see _send_ahead): that answer is on its way
         task = self._pick(replacing=current)
         if task is None:
+            state.told_nothing = True
             self._spawner.send_next(worker, None, keep_fixtures=False, final=self._nothing_waits())
             return
         grant = self._dispatch(task, state, now, replacing=current)
@@ -398,6 +402,7 @@ class StateMachine:
         assert current is not None, (worker, task_id)
         assert current.id == task_id, (worker, task_id)
         self._finish(current, now, Reason.COMPLETED, "")
+        state.told_nothing = False
         if state.queued:
             state.running = state.queued.pop(0)
             state.running.started_at = now
@@ -427,6 +432,7 @@ class StateMachine:
             self._requeue(task, now)
         state.queued.clear()
         state.running = state.kill_reason = None
+        state.told_nothing = False
         if self.done or self.aborted is not None:
             state.phase = WorkerPhase.GONE
             return
@@ -494,7 +500,7 @@ class StateMachine:
         which would want the task now.
         """
         running = state.running
-        if running is None or state.phase is not WorkerPhase.BUSY:
+        if running is None or state.phase is not WorkerPhase.BUSY or state.told_nothing:
             return
         chain = [running, *state.queued]
         if not all(task.requirement.is_free and task.estimate <= SHORT for task in chain):

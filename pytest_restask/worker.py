@@ -61,7 +61,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Iterator
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, final
 
 import pytest
 
@@ -181,18 +181,9 @@ class WorkerSession:
         setattr(config, "workerinput", self._workerinput)  # noqa: B010 - not declared on Config
         setattr(config, "workeroutput", {})  # noqa: B010
         self._config = config
-        # a plugin that serializes reports its own way gets every report whole
-        implementations = config.hook.pytest_report_to_serializable.get_hookimpls()
-        self._plain_passes = {impl.plugin_name for impl in implementations} <= PYTEST_SERIALIZERS
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        # Nobody reads a worker's terminal: its reporter would only write
-        # each result to /dev/null and, at the end, run every plugin's
-        # terminal summary (hypothesis's imports all of hypothesis there).
-        # Plugins meet no terminal reporter as with ``-p no:terminal``.
-        terminal = session.config.pluginmanager.get_plugin("terminalreporter")
-        if terminal is not None:
-            session.config.pluginmanager.unregister(terminal)
+        _quiet_terminal(session.config)
         # the terminal reporter took /dev/null as its file; with -s a test's
         # print() goes where its fd 1 goes: to the controller's stderr
         if session.config.getoption("capture") == "no":
@@ -205,6 +196,10 @@ class WorkerSession:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         self._session = session
+        # a plugin that serializes reports its own way gets every report whole
+        # (asked now: conftests of subdirectories registered during collection)
+        implementations = session.config.hook.pytest_report_to_serializable.get_hookimpls()
+        self._plain_passes = {impl.plugin_name for impl in implementations} <= PYTEST_SERIALIZERS
         for item in session.items:
             self._items.setdefault(item.nodeid, []).append(item)
         nodeids = sorted(self._items.keys())
@@ -377,6 +372,34 @@ def _is_plain_pass(report: pytest.TestReport) -> bool:
         and not report.user_properties
         and vars(report).keys() <= _plain_attributes()
     )
+
+
+@final
+class _QuietTerminal:
+    """The worker's terminal reporter without its hooks.
+
+    Nobody reads a worker's terminal (it is /dev/null): its hooks would only
+    format every result for nothing and, at the end, run every plugin's
+    terminal summary (hypothesis's imports all of hypothesis there, 0.6 s).
+    But pytest and plugins ask for the reporter while tests run
+    (``config.get_terminal_writer()`` for assertion diffs on pytest 8 and
+    ``--setup-show``), so this stands in for it under its name: every
+    attribute is the real reporter's, and pluggy finds no hook on it.
+    """
+
+    def __init__(self, reporter: object) -> None:
+        self._reporter = reporter
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._reporter, name)
+
+
+def _quiet_terminal(config: pytest.Config) -> None:
+    manager = config.pluginmanager
+    reporter = manager.get_plugin("terminalreporter")
+    if reporter is not None and not isinstance(reporter, _QuietTerminal):
+        manager.unregister(reporter)
+        manager.register(_QuietTerminal(reporter), "terminalreporter")
 
 
 def _where(error: BaseException) -> str:

@@ -164,6 +164,28 @@ def test_passed_phases_keep_their_timing(pytester: pytest.Pytester) -> None:
     assert float(case.get("time", 0)) >= 0.9
 
 
+def test_assertion_diffs_and_setup_show_work_on_workers(pytester: pytest.Pytester) -> None:
+    """Regression (review): pytest asks the terminal reporter for its writer
+    while tests run (assertion diffs on pytest 8, --setup-show), so workers
+    keep it until their last test is done."""
+    pytester.makepyfile(
+        """
+        import pytest
+        @pytest.fixture
+        def value():
+            return [1, 2]
+        def test_diff(value):
+            assert value == [1, 3]
+        def test_fine(value):
+            assert value == [1, 2]
+        """
+    )
+    result = run(pytester, "-n", "1", "--setup-show")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*At index 1 diff: 2 != 3*"])
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
+
+
 def test_a_plugin_that_serializes_reports_gets_them_whole(pytester: pytest.Pytester) -> None:
     """With a plugin of its own on pytest_report_to_serializable, every report
     goes through the hooks, passed or not, and keeps what the plugin added."""

@@ -162,16 +162,21 @@ def test_empty_shard_exits_0_and_says_so(pytester: pytest.Pytester) -> None:
     assert len(empty) == 2
     for result in empty:
         result.stdout.fnmatch_lines(["restask: shard ?/4 has no tests (2 selected tests for 4 shards); nothing to run"])
+    # but a selection of nothing at all is still pytest's "no tests ran"
+    nothing = pytester.runpytest_subprocess(*RUN, "-k", "no_such_test", "--shard=1/4", timeout=TIMEOUT)
+    assert nothing.ret == pytest.ExitCode.NO_TESTS_COLLECTED
 
 
-def test_shard_combines_with_k_and_file_arguments(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shard_combines_with_k_m_and_file_arguments(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     make_suite(pytester)
     pytester.makepyfile(test_other="def test_elsewhere(): pass\n")
     log = pytester.path / "ran.log"
     monkeypatch.setenv("RUN_LOG", str(log))
     logged: Counter[str] = Counter()
     for k in (1, 2):
-        result = pytester.runpytest_subprocess(*RUN, "test_suite.py", "-k", "free or db", f"--shard={k}/2")
+        result = pytester.runpytest_subprocess(
+            *RUN, "test_suite.py", "-k", "free or db or alone", "-m", "not serial", f"--shard={k}/2"
+        )
         assert result.ret == pytest.ExitCode.OK
         logged.update(ran(log))
     expected = [f"test_suite.py::test_free[{i}]" for i in range(6)]
@@ -202,7 +207,7 @@ def test_shard_plan_shows_every_shard_and_runs_nothing(
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(
         [
-            "restask: shard 2/3: * of 17 selected tests",
+            "restask: shard 2/3: * of 17 selected tests (split for 4 worker(s) a job)",
             "restask: shard plan (4 worker(s) per job; * this job's shard)",
             "  shard 1/3: * tests, * s of work, at least * s, bottleneck: *",
             "* shard 2/3: * tests, * s of work, at least * s, bottleneck: *",
