@@ -20,6 +20,7 @@ This is the only controller-side module that imports execnet.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -34,7 +35,7 @@ from typing import Final, final
 
 import execnet
 
-from .messages import Ahead, Collected, Message, Next, Setup, Shutdown, from_wire, to_wire
+from .messages import Ahead, Collected, Message, Next, Ready, Setup, Shutdown, WorkerFailed, from_wire, to_wire
 from .statemachine import Task
 
 __all__ = ["KILL_GRACE", "STOP_GRACE", "Event", "ExecnetSpawner", "describe_exit"]
@@ -104,6 +105,7 @@ class ExecnetSpawner:
         setup_for: Callable[[str], Setup],
         locate: Callable[[Task], tuple[str, int]],
         python: str | None = None,
+        boot_slots: int | None = None,
     ) -> None:
         #: Makes the first message for a worker by name.
         self._setup_for = setup_for
@@ -123,6 +125,11 @@ class ExecnetSpawner:
         self._digest: str | None = None
         #: kill_all was called: nothing may start any more.
         self._closed = False
+        #: How many workers may boot at once, and those booting (started,
+        #: not yet ready or ended), and those waiting for their turn.
+        self._boot_slots = max(boot_slots or os.cpu_count() or 1, 1)
+        self._booting: set[int] = set()
+        self._waiting: collections.deque[tuple[str, _Process]] = collections.deque()
 
     # -- the Spawner protocol ---------------------------------------------------
 
@@ -135,8 +142,8 @@ class ExecnetSpawner:
                 return
             self._generations += 1
             process = self._processes[worker] = _Process(self._generations)
-        name = f"restask-start-{worker}"
-        threading.Thread(target=self._start, args=(worker, process), name=name, daemon=True).start()
+            self._waiting.append((worker, process))
+        self._boot_next()
 
     def send_next(self, worker: str, task: Task | None, keep_fixtures: bool, final: bool) -> None:
         if task is None:
@@ -186,6 +193,7 @@ class ExecnetSpawner:
 
     def close(self) -> None:
         """Wait for every worker to end (killing what will not), then the group."""
+        self._forget_waiting()
         processes = list(self._processes.values())
         for process in processes:
             if not process.ended.wait(STOP_GRACE) and process.popen is not None:
@@ -203,10 +211,50 @@ class ExecnetSpawner:
             processes = list(self._processes.values())
             for process in processes:
                 process.cancelled = True
+        self._forget_waiting()
         for process in processes:
             if process.popen is not None:
                 _signal_group(process.popen, signal.SIGKILL)
         self._group.terminate(timeout=KILL_GRACE)
+
+    def _boot_next(self) -> None:
+        """Start waiting workers while fewer than ``boot_slots`` boot.
+
+        Eight interpreters importing pytest at once on two cores make even
+        the first of them ready late; booting a few at a time, the first
+        worker starts on tests early and the rest follow.  A worker killed
+        while it waited ends without a process.
+        """
+        while True:
+            with self._lock:
+                if not self._waiting or len(self._booting) >= self._boot_slots:
+                    return
+                worker, process = self._waiting.popleft()
+                unwanted = process.cancelled or self._closed
+                if not unwanted:
+                    self._booting.add(id(process))
+            if unwanted:
+                process.ended.set()
+                self._emit(worker, process, Event(worker, None, "ended before it started"))
+                continue
+            name = f"restask-start-{worker}"
+            threading.Thread(target=self._start, args=(worker, process), name=name, daemon=True).start()
+
+    def _booted(self, process: _Process) -> None:
+        """A worker said it is ready, or ended: its boot slot is free."""
+        with self._lock:
+            if id(process) not in self._booting:
+                return
+            self._booting.discard(id(process))
+        self._boot_next()
+
+    def _forget_waiting(self) -> None:
+        """End the workers that never got a boot slot (at the end of the run)."""
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        for worker, process in waiting:
+            process.ended.set()
+            self._emit(worker, process, Event(worker, None, "ended before it started"))
 
     def _send(self, worker: str, message: Message) -> None:
         process = self._processes[worker]
@@ -294,6 +342,8 @@ class ExecnetSpawner:
             _signal_group(process.popen, signal.SIGKILL)
 
     def _emit(self, worker: str, process: _Process, event: Event) -> None:
+        if event.message is None or isinstance(event.message, (Ready, WorkerFailed)):
+            self._booted(process)
         if self._current(worker, process):
             self.events.put(event)
 

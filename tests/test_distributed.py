@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -256,6 +257,47 @@ def test_second_run_starts_workers_while_the_controller_collects(
     monkeypatch.setenv("WAIT_FOR_WORKER", "5")
     run(pytester, "-n", "2", "-k", "test_a").assert_outcomes(passed=3)
     assert (pytester.path / "events.log").read_text().splitlines()[0] == "controller-collected saw-worker=False"
+
+
+_BOOT_CONFTEST = """
+import os, time
+
+def _log(what):
+    with open(os.path.join(os.environ["LOG_DIR"], "boot.log"), "a") as f:
+        f.write(f"{os.getpid()} {what} {time.time()}\\n")
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):
+        _log("configure")
+
+def pytest_collection_finish(session):
+    if hasattr(session.config, "workerinput"):
+        time.sleep(0.5)  # a slow collection: boots that overlap show it
+        _log("collected")
+"""
+
+
+def test_workers_boot_a_few_at_a_time(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No more workers boot at once than there are CPUs: with all of them
+    booting together on a small machine, even the first would be ready late.
+    Each worker logs its configure and the end of its collection; those
+    spans lie inside its boot, so at no moment may more of them overlap."""
+    slots = os.cpu_count() or 1
+    workers = slots + 2
+    pytester.makeconftest(_BOOT_CONFTEST)
+    pytester.makepyfile(
+        f"import time, pytest\n@pytest.mark.parametrize('x', range({4 * workers}))\ndef test_a(x): time.sleep(0.2)\n"
+    )
+    monkeypatch.setenv("LOG_DIR", str(pytester.path))
+    run(pytester, "-n", str(workers)).assert_outcomes(passed=4 * workers)
+    events: dict[str, dict[str, float]] = {}
+    for line in (pytester.path / "boot.log").read_text().splitlines():
+        pid, what, when = line.split()
+        events.setdefault(pid, {})[what] = float(when)
+    spans = [(e["configure"], e["collected"]) for e in events.values() if "collected" in e]
+    assert len(spans) >= slots + 1  # enough workers booted for an overlap to show
+    most = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    assert most <= slots, sorted(spans)
 
 
 def test_worker_compatibility_surface(pytester: pytest.Pytester) -> None:
