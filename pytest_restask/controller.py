@@ -505,8 +505,9 @@ def _remember_runnable(config: pytest.Config, count: int) -> None:
         return
     known = cache.get(RUNNABLE_KEY, None)
     known = dict(known) if isinstance(known, dict) else {}
-    known.pop(_command_line(config), None)
-    known[_command_line(config)] = count
+    key = _command_line(config)
+    known.pop(key, None)  # to the end: the most recent are kept
+    known[key] = count
     cache.set(RUNNABLE_KEY, dict(list(known.items())[-RUNNABLE_KEPT:]))
 
 

@@ -476,6 +476,8 @@ class ShardSelection:
         self._settings = settings
         self._store = store
         self._k, self._n = settings.shard
+        #: "K/N", for the lines this prints.
+        self._label = f"{self._k}/{self._n}"
         #: The split, once made.
         self.shards: list[Shard] = []
         self._selected = self._total = 0
@@ -499,9 +501,8 @@ class ShardSelection:
         items[:] = selected
 
     def pytest_report_collectionfinish(self) -> list[str]:
-        shard = f"{self._k}/{self._n}"
         workers = self._settings.shard_workers
-        lines = [SHARD_LINE.format(shard=shard, selected=self._selected, total=self._total, workers=workers)]
+        lines = [SHARD_LINE.format(shard=self._label, selected=self._selected, total=self._total, workers=workers)]
         if self._config.getoption("shard_plan"):
             lines.extend(self._plan())
         return lines
@@ -524,11 +525,10 @@ class ShardSelection:
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         deselected = self._total - self._selected
-        shard = f"{self._k}/{self._n}"
         if deselected:
-            terminalreporter.write_line(SHARD_DESELECTED.format(count=deselected, shard=shard))
+            terminalreporter.write_line(SHARD_DESELECTED.format(count=deselected, shard=self._label))
         if self._total and not self._selected:
-            terminalreporter.write_line(SHARD_EMPTY.format(shard=shard, total=self._total, n=self._n))
+            terminalreporter.write_line(SHARD_EMPTY.format(shard=self._label, total=self._total, n=self._n))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

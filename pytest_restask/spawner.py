@@ -128,7 +128,7 @@ class ExecnetSpawner:
         #: How many workers may boot at once, and those booting (started,
         #: not yet ready or ended), and those waiting for their turn.
         self._boot_slots = max(boot_slots or os.cpu_count() or 1, 1)
-        self._booting: set[int] = set()
+        self._booting: set[_Process] = set()
         self._waiting: collections.deque[tuple[str, _Process]] = collections.deque()
 
     # -- the Spawner protocol ---------------------------------------------------
@@ -232,10 +232,9 @@ class ExecnetSpawner:
                 worker, process = self._waiting.popleft()
                 unwanted = process.cancelled or self._closed
                 if not unwanted:
-                    self._booting.add(id(process))
+                    self._booting.add(process)
             if unwanted:
-                process.ended.set()
-                self._emit(worker, process, Event(worker, None, "ended before it started"))
+                self._end_unstarted(worker, process)
                 continue
             name = f"restask-start-{worker}"
             threading.Thread(target=self._start, args=(worker, process), name=name, daemon=True).start()
@@ -243,9 +242,9 @@ class ExecnetSpawner:
     def _booted(self, process: _Process) -> None:
         """A worker said it is ready, or ended: its boot slot is free."""
         with self._lock:
-            if id(process) not in self._booting:
+            if process not in self._booting:
                 return
-            self._booting.discard(id(process))
+            self._booting.discard(process)
         self._boot_next()
 
     def _forget_waiting(self) -> None:
@@ -253,8 +252,11 @@ class ExecnetSpawner:
         with self._lock:
             waiting, self._waiting = list(self._waiting), collections.deque()
         for worker, process in waiting:
-            process.ended.set()
-            self._emit(worker, process, Event(worker, None, "ended before it started"))
+            self._end_unstarted(worker, process)
+
+    def _end_unstarted(self, worker: str, process: _Process) -> None:
+        process.ended.set()
+        self._emit(worker, process, Event(worker, None, "ended before it started"))
 
     def _send(self, worker: str, message: Message) -> None:
         process = self._processes[worker]
@@ -290,7 +292,7 @@ class ExecnetSpawner:
                 if not cancelled:
                     setup = self._setup_for(worker)
                     if self._digest is None:
-                        setup = dataclasses.replace(setup, collection="", collection_follows=True)
+                        setup = dataclasses.replace(setup, collection_follows=True)
                     else:
                         setup = dataclasses.replace(setup, collection=self._digest)
                     channel.send(to_wire(setup))

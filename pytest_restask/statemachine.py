@@ -490,8 +490,9 @@ class StateMachine:
         sent.  Up to :data:`AHEAD_TASKS` tasks and :data:`AHEAD_SECONDS`
         of estimates are kept ahead, refilled in one message once half are
         used: a test of a millisecond is shorter than a round trip to a
-        busy controller, so one task ahead is not enough.  Only free after free: the hold of a resource ends at a
-        teardown, and only the controller knows then what can be granted.
+        busy controller, so one task ahead is not enough.  Only free after
+        free: the hold of a resource ends at a teardown, and only the
+        controller knows then what can be granted.
         Never when a failure limit is set (the controller is then made without
         ``prefetch``): a task sent ahead would start after the failure that
         reached it.  Only short tasks (estimates up to :data:`SHORT`), where a
@@ -502,16 +503,15 @@ class StateMachine:
         running = state.running
         if running is None or state.phase is not WorkerPhase.BUSY or state.told_nothing:
             return
-        chain = [running, *state.queued]
-        if not all(task.requirement.is_free and task.estimate <= SHORT for task in chain):
-            return
+        seconds = sum(task.estimate for task in state.queued)
         # refill only once half is used: one message carries several tasks
-        if len(state.queued) > AHEAD_TASKS // 2 or sum(task.estimate for task in state.queued) > AHEAD_SECONDS / 2:
+        if len(state.queued) > AHEAD_TASKS // 2 or seconds > AHEAD_SECONDS / 2:
+            return
+        if not all(task.requirement.is_free and task.estimate <= SHORT for task in (running, *state.queued)):
             return
         if any(w.phase in (WorkerPhase.IDLE, WorkerPhase.STARTING) for w in self._workers.values()):
             return
         sent: list[Task] = []
-        seconds = sum(task.estimate for task in state.queued)
         while len(state.queued) < AHEAD_TASKS and seconds < AHEAD_SECONDS:
             task = self._pick(replacing=running, short_and_free=True)
             if task is None:
