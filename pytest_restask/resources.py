@@ -277,13 +277,19 @@ class LockTable:
     Counted slots of ``a`` are free for ``b`` for the same reason.
     """
 
-    __slots__ = ("_capacities", "_holders")
+    __slots__ = ("_capacities", "_holders", "_serial", "_users")
 
     def __init__(self, capacities: Mapping[str, int] | None = None) -> None:
         #: Capacity of each counted resource; others have DEFAULT_CAPACITY.
         self._capacities: dict[str, int] = dict(capacities or {})
         #: The grants now held, by holder.
         self._holders: dict[object, Grant] = {}
+        #: Indexes of ``_holders``, so that a grant is judged against the
+        #: holders it could conflict with, not all of them (a worker may have
+        #: hundreds of free tasks queued, each a holder): the serial ones, and
+        #: by resource name the holders using it, with their request.
+        self._serial: set[object] = set()
+        self._users: dict[str, dict[object, Request]] = {}
 
     def capacity(self, name: str) -> int:
         """Return the number of slots a resource has."""
@@ -326,27 +332,40 @@ class LockTable:
             raise RuntimeError(f"cannot grant {requirement.describe()} to {holder!r} now")
         grant = Grant(requirement, slots)
         self._holders[holder] = grant
+        if requirement.serial:
+            self._serial.add(holder)
+        for request in requirement.requests:
+            self._users.setdefault(request.name, {})[holder] = request
         return grant
 
     def release(self, holder: object) -> Grant | None:
         """Release everything ``holder`` holds; return what it held."""
-        return self._holders.pop(holder, None)
+        grant = self._holders.pop(holder, None)
+        if grant is not None:
+            self._serial.discard(holder)
+            for request in grant.requirement.requests:
+                users = self._users[request.name]
+                del users[holder]
+                if not users:
+                    del self._users[request.name]
+        return grant
 
     def _free_slots(self, requirement: Requirement, replacing: object) -> dict[str, tuple[int, ...]] | None:
         """Return the slots a grant would get, or None if it conflicts."""
-        others = [g for h, g in self._holders.items() if h != replacing]
-        if others and (requirement.serial or any(g.requirement.serial for g in others)):
+        replaced = replacing is not None and replacing in self._holders
+        others = len(self._holders) - replaced
+        serial_others = len(self._serial) - (replaced and replacing in self._serial)
+        if others and (requirement.serial or serial_others):
             return None
         slots: dict[str, tuple[int, ...]] = {}
         for request in requirement.requests:
             used: set[int] = set()
-            for grant in others:
-                for held in grant.requirement.requests:
-                    if held.name != request.name:
-                        continue
-                    if not _compatible(held, request):
-                        return None
-                    used.update(grant.slots.get(held.name, ()))
+            for holder, held in self._users.get(request.name, {}).items():
+                if holder == replacing:
+                    continue
+                if not _compatible(held, request):
+                    return None
+                used.update(self._holders[holder].slots.get(request.name, ()))
             if request.mode is Mode.COUNTED:
                 free = [s for s in range(self.capacity(request.name)) if s not in used]
                 if len(free) < request.slots:

@@ -185,24 +185,37 @@ requests = st.one_of(
 requirements = st.builds(merge_requests, st.lists(requests, max_size=3)) | st.just(Requirement(serial=True))
 
 
+def _compatible_holds(requirements: list[Requirement], table: LockTable) -> bool:
+    """The compatibility rule, judged from the outside over whole requirements."""
+    if len(requirements) > 1 and any(r.serial for r in requirements):
+        return False
+    by_name: dict[str, list[Request]] = {}
+    for requirement in requirements:
+        for request in requirement.requests:
+            by_name.setdefault(request.name, []).append(request)
+    for name, users in by_name.items():
+        modes = {r.mode for r in users}
+        if len(users) > 1 and (EX in modes or len(modes) > 1):
+            return False
+        if modes == {CO} and sum(r.slots for r in users) > table.capacity(name):
+            return False
+    return True
+
+
 def _holds_consistent(table: LockTable) -> None:
     """The compatibility rule, checked from the outside over all holders."""
     held = list(table.holders())
-    if len(held) > 1:
-        assert not any(g.requirement.serial for _, g in held)
-    by_name: dict[str, list[tuple[Request, Grant]]] = {}
-    for _, grant in held:
-        for request in grant.requirement.requests:
-            by_name.setdefault(request.name, []).append((request, grant))
-    for name, users in by_name.items():
-        modes = {r.mode for r, _ in users}
-        if len(users) > 1:
-            assert EX not in modes, (name, users)
-            assert len(modes) == 1, (name, users)
-        if modes == {CO}:
-            slots = [s for _, g in users for s in g.slots[name]]
-            assert len(slots) == len(set(slots)) == sum(r.slots for r, _ in users)
-            assert all(0 <= s < table.capacity(name) for s in slots)
+    assert _compatible_holds([g.requirement for _, g in held], table), held
+    for name in {r.name for _, g in held for r in g.requirement.requests if r.mode is CO}:
+        slots = [s for _, g in held for s in g.slots.get(name, ())]
+        assert len(slots) == len(set(slots))
+        assert all(0 <= s < table.capacity(name) for s in slots)
+
+
+def _grantable(table: LockTable, requirement: Requirement, replacing: object = None) -> bool:
+    """Whether the rule allows ``requirement`` beside every holder but ``replacing``."""
+    others = [g.requirement for h, g in table.holders() if h != replacing]
+    return _compatible_holds([*others, requirement], table)
 
 
 @settings(max_examples=300, deadline=None)
@@ -211,6 +224,10 @@ def test_random_sequences_keep_the_rule(ops: list[tuple[bool, Requirement]]) -> 
     table = LockTable({"a": 3, "b": 2})
     held: list[int] = []
     for key, (release, requirement) in enumerate(ops):
+        # the table grants exactly what the rule allows, also on a hand-over
+        assert table.can_grant(requirement) == _grantable(table, requirement)
+        for holder in held:
+            assert table.can_grant(requirement, replacing=holder) == _grantable(table, requirement, holder)
         if release and held:
             before = {h: g for h, g in table.holders()}
             victim = held.pop(0)
