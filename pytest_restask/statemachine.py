@@ -38,7 +38,9 @@ parameter, so it is tested with a fake spawner and a fake clock.
 
 from __future__ import annotations
 
+import collections
 import enum
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -130,7 +132,9 @@ class _Worker:
     running: Task | None = None
     #: Tasks sent to follow ``running``, in order: one handed over at its
     #: teardown, or free tasks sent ahead (see ``_send_ahead``).
-    queued: list[Task] = field(default_factory=list)
+    queued: collections.deque[Task] = field(default_factory=collections.deque)
+    #: The estimates of ``queued``, added up as tasks join and leave it.
+    queued_seconds: float = 0.0
     #: Told "nothing for now" at its running task's teardown: it ends that
     #: task's fixtures, so nothing is sent ahead until it is done.
     told_nothing: bool = False
@@ -166,10 +170,13 @@ def _claim_blocks(claim: Requirement, requirement: Requirement) -> bool:
 #: Seconds below which estimates do not order tasks (see :func:`prioritize`).
 SHORT = 0.05
 #: At most this many tasks, and this many estimated seconds of them, are
-#: sent ahead to one worker: enough that a fast worker never waits for the
-#: controller, and little enough that the run's end stays balanced.
-AHEAD_TASKS = 16
-AHEAD_SECONDS = SHORT
+#: sent ahead to one worker: enough that a worker never waits for a
+#: controller that is busy replaying reports (tens of milliseconds on two
+#: cores; a trivial test takes a fraction of one), and few enough to stay
+#: one message.  Near the end of the run a worker gets no more than its
+#: share of the ready tasks, so the end stays balanced.
+AHEAD_TASKS = 256
+AHEAD_SECONDS = 0.2
 
 
 def prioritize(tasks: Sequence[Task], table: LockTable, workers: int) -> list[Task]:
@@ -392,7 +399,7 @@ class StateMachine:
             return
         grant = self._dispatch(task, state, now, replacing=current)
         assert current.grant is not None
-        state.queued.append(task)
+        _enqueue(state, task)
         self._spawner.send_next(worker, task, keep_fixtures=grant.covers(current.grant), final=False)
 
     def task_done(self, worker: str, task_id: int, now: float) -> None:
@@ -404,7 +411,8 @@ class StateMachine:
         self._finish(current, now, Reason.COMPLETED, "")
         state.told_nothing = False
         if state.queued:
-            state.running = state.queued.pop(0)
+            state.running = state.queued.popleft()
+            state.queued_seconds = state.queued_seconds - state.running.estimate if state.queued else 0.0
             state.running.started_at = now
         else:
             state.running = None
@@ -431,6 +439,7 @@ class StateMachine:
         for task in reversed(state.queued):  # back to the front, in their order
             self._requeue(task, now)
         state.queued.clear()
+        state.queued_seconds = 0.0
         state.running = state.kill_reason = None
         state.told_nothing = False
         if self.done or self.aborted is not None:
@@ -503,23 +512,25 @@ class StateMachine:
         running = state.running
         if running is None or state.phase is not WorkerPhase.BUSY or state.told_nothing:
             return
-        seconds = sum(task.estimate for task in state.queued)
-        # refill only once half is used: one message carries several tasks
-        if len(state.queued) > AHEAD_TASKS // 2 or seconds > AHEAD_SECONDS / 2:
+        # refill only once half is used: one message carries many tasks
+        if len(state.queued) > AHEAD_TASKS // 2 or state.queued_seconds > AHEAD_SECONDS / 2:
             return
-        if not all(task.requirement.is_free and task.estimate <= SHORT for task in (running, *state.queued)):
+        # all queued tasks are short and free, or the first is a hand-over
+        if not all(_short_and_free(task) for task in (running, *itertools.islice(state.queued, 1))):
             return
         if any(w.phase in (WorkerPhase.IDLE, WorkerPhase.STARTING) for w in self._workers.values()):
             return
+        # near the end, no worker takes more than its share of what is left
+        share = max(1, len(self.queues.ready) // len(self._workers))
+        limit = min(AHEAD_TASKS, len(state.queued) + share)
         sent: list[Task] = []
-        while len(state.queued) < AHEAD_TASKS and seconds < AHEAD_SECONDS:
+        while len(state.queued) < limit and state.queued_seconds < AHEAD_SECONDS:
             task = self._pick(replacing=running, short_and_free=True)
             if task is None:
                 break
             self._dispatch(task, state, now, replacing=running)
-            state.queued.append(task)
+            _enqueue(state, task)
             sent.append(task)
-            seconds += task.estimate
         if sent:
             self._spawner.send_ahead(state.name, sent)
 
@@ -532,7 +543,7 @@ class StateMachine:
         claims: list[Requirement] = []
         for index, task in enumerate(self.queues.ready):
             requirement = task.requirement
-            if short_and_free and not (requirement.is_free and task.estimate <= SHORT):
+            if short_and_free and not _short_and_free(task):
                 if requirement.serial:
                     return None  # nothing may pass a waiting serial task
                 continue
@@ -573,3 +584,13 @@ class StateMachine:
         task.reason = reason
         task.detail = detail
         self.queues.finished.append(task)
+
+
+def _short_and_free(task: Task) -> bool:
+    """Return whether a task may be sent ahead (see ``_send_ahead``)."""
+    return task.requirement.is_free and task.estimate <= SHORT
+
+
+def _enqueue(worker: _Worker, task: Task) -> None:
+    worker.queued.append(task)
+    worker.queued_seconds += task.estimate

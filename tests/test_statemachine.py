@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -251,16 +253,20 @@ def test_a_worker_on_free_tasks_gets_its_next_one_ahead() -> None:
 
 
 def test_tiny_free_tasks_are_sent_ahead_in_batches() -> None:
-    """A worker on tests of a millisecond gets several at a time, refilled
-    once half are used, so it never waits and messages are few."""
-    sm, sim = make_machine([needs()] * 200, [Plan(body=0.001, teardown=0.0)] * 200, workers=2, prefetch=True)
+    """A worker on tests of a millisecond gets many at a time, refilled
+    once half are used, so it never waits and messages are few; near the
+    end each worker gets no more than its share, so both finish together."""
+    count = 2000
+    sm, sim = make_machine([needs()] * count, [Plan(body=0.001, teardown=0.0)] * count, workers=2, prefetch=True)
     for task in sm.queues.requested:
-        task.estimate = 0.001
+        task.estimate = 0.0005
     sim.run(sm)
-    assert [t.reason for t in sm.finished] == [Reason.COMPLETED] * 200
-    assert len(sim.batches) <= 200 // 8  # about one message per 8 tasks
+    assert [t.reason for t in sm.finished] == [Reason.COMPLETED] * count
+    assert len(sim.batches) <= count // (AHEAD_TASKS // 2) + 16  # one per half window, then a shrinking tail
     assert max(sim.batches) == AHEAD_TASKS
     assert len(sim.asked) == 2  # only each worker's last task asks what follows
+    per_worker = collections.Counter(t.worker for t in sm.finished)
+    assert abs(per_worker["gw0"] - per_worker["gw1"]) <= 2, per_worker
     assert sm.table.is_empty()
 
 
