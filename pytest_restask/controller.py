@@ -37,6 +37,7 @@ from .messages import (
     SHARD_WORKERS_KEY,
     AtTeardown,
     Done,
+    Dones,
     Interrupted,
     Missing,
     Ready,
@@ -315,10 +316,10 @@ class Controller:
             self._in_teardown.add(message.task_id)
             machine.reached_teardown(worker, message.task_id, self._clock())
         elif isinstance(message, Done):
-            self._replay_reports(worker, message.task_id, message.reports)
-            self._fields.pop(message.task_id, None)
-            self._log_finish(message.task_id)
-            machine.task_done(worker, message.task_id, self._clock())
+            self._task_done(worker, message.task_id, message.reports, machine)
+        elif isinstance(message, Dones):
+            for task_id, reports in message.done:
+                self._task_done(worker, task_id, reports, machine)
         elif isinstance(message, WarningRecorded):
             self._replay_warning(message)
         elif isinstance(message, Missing):
@@ -336,6 +337,12 @@ class Controller:
             raise KeyboardInterrupt(KEYBOARD_TEXT.format(nodeid=nodeid, worker=worker, where=message.text))
         else:
             raise AssertionError(f"unexpected message {message.name!r} from {worker}")
+
+    def _task_done(self, worker: str, task_id: int, reports: list[WireReport], machine: StateMachine) -> None:
+        self._replay_reports(worker, task_id, reports)
+        self._fields.pop(task_id, None)
+        self._log_finish(task_id)
+        machine.task_done(worker, task_id, self._clock())
 
     def _collection_differed(self, worker: str, nodeids: list[str], machine: StateMachine) -> None:
         """Stop the run: a worker that collected other tests might run the

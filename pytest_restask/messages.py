@@ -22,11 +22,14 @@ from typing import Any, ClassVar, Final, TypeAlias, final
 __all__ = [
     "Ahead",
     "ITEM_FIELDS",
+    "JOURNAL_DONE",
+    "JOURNAL_TEARDOWN",
     "PlainPass",
     "WireReport",
     "AtTeardown",
     "Collected",
     "Done",
+    "Dones",
     "Interrupted",
     "Message",
     "Missing",
@@ -53,8 +56,13 @@ SHARD_WORKERS_KEY: Final = "restask_shard_workers"
 #: item instead (they are the item's): fewer bytes on the wire, and the
 #: controller's reports share their strings with its items.
 ITEM_FIELDS: Final = ("nodeid", "location", "keywords")
+#: The kinds of line in a worker's journal (see :class:`Dones`): a task
+#: answered ahead began its teardown, with its reports so far; a task was
+#: done and held back, with its reports.
+JOURNAL_TEARDOWN: Final = "teardown"
+JOURNAL_DONE: Final = "done"
 #: Bumped whenever a message changes shape.
-PROTOCOL_VERSION: Final = 6
+PROTOCOL_VERSION: Final = 7
 
 Wire: TypeAlias = tuple[str, dict[str, Any]]
 #: A phase that passed with no output, properties or extra attributes:
@@ -98,6 +106,10 @@ class Setup(Message):
     #: digest follows in :class:`Collected`, which the worker awaits before
     #: it says it is ready.
     collection_follows: bool = False
+    #: A file in which the worker notes each :class:`Dones` entry before it
+    #: holds it back, so that none is lost if the worker dies (see
+    #: :class:`Dones`); empty: hold nothing back.
+    journal: str = ""
 
 
 @final
@@ -220,6 +232,27 @@ class Done(Message):
 
 @final
 @dataclasses.dataclass(frozen=True, slots=True)
+class Dones(Message):
+    """Several tasks done, sent together: each as a :class:`Done` would be.
+
+    Only tasks that were answered ahead and reported nothing but
+    :data:`PlainPass` phases are held back for this, for up to
+    a few dozen tasks or a few dozen milliseconds.  The worker writes each to its
+    ``journal`` first, one JSON line per task, so that the controller's side
+    recovers the ones not sent yet when the worker dies: a line
+    ``[JOURNAL_DONE, task id, reports]`` for each, and
+    ``[JOURNAL_TEARDOWN, task id, reports so far]`` when the teardown of a
+    task answered ahead begins (those reports would otherwise go only with
+    its Done).
+    """
+
+    name: ClassVar[str] = "dones"
+    #: (task id, its reports) of each task, in the order they finished.
+    done: list[tuple[int, list[WireReport]]]
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
 class Missing(Message):
     """The worker did not collect the task's test; it ran nothing for it."""
 
@@ -266,6 +299,7 @@ _MESSAGES: Final[dict[str, type[Message]]] = {
         WarningRecorded,
         AtTeardown,
         Done,
+        Dones,
         Missing,
         WorkerFailed,
         Interrupted,

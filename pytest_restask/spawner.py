@@ -15,6 +15,10 @@ controller's collection digest exists gets the digest in a
 :class:`~.messages.Collected` message once :meth:`ExecnetSpawner.collected`
 is called.
 
+Each worker process has a journal file in a directory of the run; when the
+process dies, the tasks it noted there as done but had not sent yet (see
+:class:`~.messages.Dones`) are told before its end.
+
 This is the only controller-side module that imports execnet.
 """
 
@@ -23,11 +27,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +42,24 @@ from typing import Final, final
 
 import execnet
 
-from .messages import Ahead, Collected, Message, Next, Ready, Setup, Shutdown, WorkerFailed, from_wire, to_wire
+from .messages import (
+    JOURNAL_DONE,
+    JOURNAL_TEARDOWN,
+    Ahead,
+    AtTeardown,
+    Collected,
+    Done,
+    Dones,
+    Message,
+    Next,
+    Ready,
+    Setup,
+    Shutdown,
+    WireReport,
+    WorkerFailed,
+    from_wire,
+    to_wire,
+)
 from .statemachine import Task
 
 __all__ = ["KILL_GRACE", "STOP_GRACE", "Event", "ExecnetSpawner", "describe_exit"]
@@ -75,6 +99,12 @@ class _Process:
     cancelled: bool = False
     #: Its setup said the collection digest follows, and it has not been sent.
     awaits_digest: bool = False
+    #: Where the worker notes the Done messages it holds back (see
+    #: :class:`~.messages.Dones`), and the tasks whose Done arrived.
+    journal: str = ""
+    delivered: set[int] = field(default_factory=set)
+    #: Its end was told: nothing it sent later counts.
+    over: bool = False
     #: The channel delivered its last message.
     closed: threading.Event = field(default_factory=threading.Event)
     ended: threading.Event = field(default_factory=threading.Event)
@@ -130,6 +160,8 @@ class ExecnetSpawner:
         self._boot_slots = max(boot_slots or os.cpu_count() or 1, 1)
         self._booting: set[_Process] = set()
         self._waiting: collections.deque[tuple[str, _Process]] = collections.deque()
+        #: The directory of the workers' journals, made on the first start.
+        self._journals: str | None = None
 
     # -- the Spawner protocol ---------------------------------------------------
 
@@ -141,7 +173,10 @@ class ExecnetSpawner:
                 self._early.discard(worker)
                 return
             self._generations += 1
-            process = self._processes[worker] = _Process(self._generations)
+            if self._journals is None:
+                self._journals = tempfile.mkdtemp(prefix="restask-")
+            journal = os.path.join(self._journals, f"{worker}.{self._generations}.jsonl")
+            process = self._processes[worker] = _Process(self._generations, journal=journal)
             self._waiting.append((worker, process))
         self._boot_next()
 
@@ -199,6 +234,7 @@ class ExecnetSpawner:
             if not process.ended.wait(STOP_GRACE) and process.popen is not None:
                 _signal_group(process.popen, signal.SIGKILL)
         self._group.terminate(timeout=KILL_GRACE)
+        self._remove_journals()
 
     def running(self) -> bool:
         """Return whether any worker process has not ended yet."""
@@ -216,6 +252,11 @@ class ExecnetSpawner:
             if process.popen is not None:
                 _signal_group(process.popen, signal.SIGKILL)
         self._group.terminate(timeout=KILL_GRACE)
+        self._remove_journals()
+
+    def _remove_journals(self) -> None:
+        if self._journals is not None:
+            shutil.rmtree(self._journals, ignore_errors=True)
 
     def _boot_next(self) -> None:
         """Start waiting workers while fewer than ``boot_slots`` boot.
@@ -291,6 +332,7 @@ class ExecnetSpawner:
                 cancelled = process.cancelled
                 if not cancelled:
                     setup = self._setup_for(worker)
+                    setup = dataclasses.replace(setup, journal=process.journal)
                     if self._digest is None:
                         setup = dataclasses.replace(setup, collection_follows=True)
                     else:
@@ -305,7 +347,16 @@ class ExecnetSpawner:
 
     def _on_data(self, worker: str, process: _Process, data: object) -> None:
         if data is not _END:
-            self._emit(worker, process, Event(worker, from_wire(data)))
+            message = from_wire(data)
+            if isinstance(message, (Done, Dones)):
+                with self._lock:  # against _recover
+                    if process.over:
+                        return
+                    if isinstance(message, Done):
+                        process.delivered.add(message.task_id)
+                    else:
+                        process.delivered.update(task_id for task_id, _ in message.done)
+            self._emit(worker, process, Event(worker, message))
             return
         process.closed.set()
         if process.popen is None:  # nothing to watch: the channel is all we know
@@ -336,8 +387,31 @@ class ExecnetSpawner:
             os.killpg(process.popen.pid, signal.SIGKILL)
         if process.channel is not None:
             process.closed.wait(KILL_GRACE)
+        self._recover(worker, process)
         process.ended.set()
         self._emit(worker, process, Event(worker, None, describe_exit(returncode)))
+
+    def _recover(self, worker: str, process: _Process) -> None:
+        """Tell what a dead worker noted in its journal but never sent (see
+        :class:`~.messages.Dones`): the tasks it finished and held back, and
+        the reports of the task whose teardown it died in."""
+        with self._lock:
+            process.over = True
+            delivered = set(process.delivered)
+        done: list[tuple[int, list[WireReport]]] = []
+        in_teardown: dict[int, list[WireReport]] = {}
+        for kind, task_id, reports in _read_journal(process.journal):
+            if task_id in delivered:
+                continue
+            if kind == JOURNAL_TEARDOWN:
+                in_teardown[task_id] = reports
+            elif kind == JOURNAL_DONE:
+                in_teardown.pop(task_id, None)
+                done.append((task_id, reports))
+        if done:
+            self._emit(worker, process, Event(worker, Dones(done)))
+        for task_id, reports in in_teardown.items():  # at most the last task
+            self._emit(worker, process, Event(worker, AtTeardown(task_id, reports)))
 
     def _force(self, process: _Process) -> None:
         if not process.ended.wait(KILL_GRACE) and process.popen is not None:
@@ -351,6 +425,23 @@ class ExecnetSpawner:
 
 
 _END: Final = object()
+
+
+def _read_journal(path: str) -> list[tuple[str, int, list[WireReport]]]:
+    """Return the lines of a worker's journal; a torn last line is skipped."""
+    try:
+        with open(path, "rb") as file:
+            lines = file.read().splitlines()
+    except OSError:  # never written: nothing was held back
+        return []
+    entries = []
+    for line in lines:
+        try:
+            kind, task_id, reports = json.loads(line)
+        except ValueError:
+            break
+        entries.append((kind, task_id, reports))
+    return entries
 
 
 def _signal_group(popen: subprocess.Popen[bytes], signum: int) -> None:

@@ -44,6 +44,10 @@ Faults
   controller is gone (re-parented), even in the middle of a hung test.
 * A report that execnet cannot carry is sent again through
   :func:`~.messages.plain`.
+* The Done messages of tests answered ahead are held back and sent
+  together (:class:`_HeldDones`), after being noted in a journal file that
+  the controller's side reads when the worker dies: a crash still costs
+  only the test that crashed, and no other test's result is lost.
 
 This module imports nothing of ours but the messages and the slot helper.
 """
@@ -53,6 +57,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import json
 import os
 import signal
 import sys
@@ -60,7 +65,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final, Protocol, final
 
 import pytest
@@ -68,11 +73,14 @@ import pytest
 from pytest_restask import holds
 from pytest_restask.messages import (
     ITEM_FIELDS,
+    JOURNAL_DONE,
+    JOURNAL_TEARDOWN,
     WORKERINPUT_KEY,
     Ahead,
     AtTeardown,
     Collected,
     Done,
+    Dones,
     Interrupted,
     Message,
     Missing,
@@ -109,9 +117,16 @@ class WorkerSession:
     """The pytest plugin that drives a worker's session from the channel."""
 
     def __init__(
-        self, channel: Channel, workerinput: dict[str, Any], collection: str = "", collection_follows: bool = False
+        self,
+        channel: Channel,
+        workerinput: dict[str, Any],
+        collection: str = "",
+        collection_follows: bool = False,
+        journal: str = "",
     ) -> None:
         self._channel = channel
+        #: Done messages held back to go together (none without a journal).
+        self._held = _HeldDones(self._send_wire, journal) if journal else None
         #: The controller's :func:`~.messages.collection_digest`.
         self._collection = collection
         #: The digest comes in a message of its own, once the controller has it.
@@ -135,6 +150,8 @@ class WorkerSession:
         self._config: pytest.Config | None = None
         #: Whether passed phases with nothing to show travel as a PlainPass.
         self._plain_passes = False
+        #: The current task's next was sent ahead: nobody waits for its Done.
+        self._answered_ahead = False
 
     @property
     def started(self) -> bool:
@@ -142,7 +159,15 @@ class WorkerSession:
         return self._session is not None
 
     def send(self, message: Message) -> None:
-        wire = to_wire(message)
+        """Send a message, after the Done messages held back (they came first)."""
+        if self._held is None:
+            self._send_wire(to_wire(message))
+            return
+        with self._held.lock:
+            self._held.flush()
+            self._send_wire(to_wire(message))
+
+    def _send_wire(self, wire: object) -> None:
         try:
             self._channel.send(wire)
         except OSError:
@@ -151,9 +176,28 @@ class WorkerSession:
             # execnet carries builtins only; a report may hold anything
             self._channel.send(plain(wire))
 
+    def _send_done(self, task_id: int, reports: list[WireReport]) -> None:
+        """Say a task is done: held back when it was answered ahead and its
+        reports are all :data:`~.messages.PlainPass`, else at once."""
+        if self._held is not None and self._answered_ahead and all(isinstance(r, list) for r in reports):
+            self._held.hold(task_id, reports)
+        else:
+            self.send(Done(task_id, reports))
+
+    def flush(self) -> None:
+        """Send the Done messages held back."""
+        if self._held is not None:
+            with self._held.lock:
+                self._held.flush()
+
     def receive(self) -> Message:
-        """Return the next message: a task sent ahead first, else from the channel."""
-        return self._unpack(self._pending.popleft() if self._pending else from_wire(self._channel.receive()))
+        """Return the next message: a task sent ahead first, else from the
+        channel (after sending what was held back: the controller may be
+        waiting for it)."""
+        if self._pending:
+            return self._unpack(self._pending.popleft())
+        self.flush()
+        return self._unpack(from_wire(self._channel.receive()))
 
     def poll(self) -> Message | None:
         """Return a message that has already arrived, or None."""
@@ -219,6 +263,7 @@ class WorkerSession:
             raise ProtocolError(f"unexpected message {message.name!r} while idle")
         if self._last is not None:
             self._end_session_fixtures(*self._last)
+        self.flush()
         return True
 
     @pytest.hookimpl(tryfirst=True)
@@ -237,6 +282,10 @@ class WorkerSession:
         # ride with Done -- one message per test.  A crash in this teardown
         # then fails the test as a crash, without its passed setup and call.
         answer = self.poll()
+        self._answered_ahead = answer is not None
+        if answer is not None and self._held is not None:
+            # its setup and call reports ride with Done: noted in case this teardown kills the worker
+            self._held.note_teardown(task_id, self._reports)
         if answer is None:
             self.send(AtTeardown(task_id, self._take_reports()))
             answer = self.receive()
@@ -309,7 +358,7 @@ class WorkerSession:
         if item is None:
             self.send(Missing(message.task_id, message.nodeid))
             return
-        self._current, self._asked = (message.task_id, item), False
+        self._current, self._asked, self._answered_ahead = (message.task_id, item), False, False
         self._last = self._current
         holds.enter(item, message.slots)
         try:
@@ -328,7 +377,7 @@ class WorkerSession:
         if not self._asked:
             # a plugin ran the protocol without our teardown hook; ask now
             self._ask_and_tear_down(message.task_id, item)
-        self.send(Done(message.task_id, self._take_reports()))
+        self._send_done(message.task_id, self._take_reports())
         # the controller owns stopping; see the module docstring
         self._session.shouldfail = False
         self._session.shouldstop = False
@@ -346,6 +395,74 @@ class WorkerSession:
         call = pytest.CallInfo.from_call(lambda: _teardown_to(session, None), when="teardown")
         if call.excinfo is not None:
             self.send(Report(task_id, [self._serialize(pytest.TestReport.from_item_and_call(item, call))]))
+
+
+#: Done messages are held back until this many wait, or for at most this
+#: many seconds: one message for a few dozen trivial tests, and the
+#: controller's picture (terminal, timeouts) lags by no more than that.
+HOLD_DONES: Final = 32
+HOLD_SECONDS: Final = 0.05
+
+
+@final
+class _HeldDones:
+    """Done messages of tasks answered ahead, sent together as one
+    :class:`~.messages.Dones`.
+
+    Each is first appended to the journal file (one JSON line; the kernel
+    keeps it even if this process is killed the next moment), so that when
+    the worker dies the controller's side reads the ones it never received
+    and a crash still costs exactly the test that crashed.  The reports of
+    a task answered ahead are noted there too when its teardown begins
+    (:meth:`note_teardown`): they would otherwise ride only with its Done,
+    and a crash in that teardown would lose its passed setup and call.  A daemon thread
+    sends what waited :data:`HOLD_SECONDS`, even while a test hangs, so a
+    timeout is judged from when the hanging test really started.  ``lock``
+    keeps these sends and the worker's own in order.
+    """
+
+    def __init__(self, send_wire: Callable[[object], None], journal: str) -> None:
+        self.lock = threading.Lock()
+        self._send_wire = send_wire
+        self._held: list[tuple[int, list[WireReport]]] = []
+        self._fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._waiting = threading.Event()
+        threading.Thread(target=self._send_late, name="restask-held-dones", daemon=True).start()
+
+    def note_teardown(self, task_id: int, reports: list[WireReport]) -> None:
+        """Note a task's reports so far as its teardown begins."""
+        self._note(JOURNAL_TEARDOWN, task_id, reports)
+
+    def hold(self, task_id: int, reports: list[WireReport]) -> None:
+        """Note a task as done, and send it with others."""
+        self._note(JOURNAL_DONE, task_id, reports)
+        with self.lock:
+            self._held.append((task_id, reports))
+            if len(self._held) >= HOLD_DONES:
+                self.flush()
+            elif len(self._held) == 1:
+                self._waiting.set()
+
+    def _note(self, kind: str, task_id: int, reports: list[WireReport]) -> None:
+        try:
+            line = json.dumps([kind, task_id, reports], default=str).encode() + b"\n"
+        except ValueError:  # a report JSON cannot hold: a crash loses it, as without a journal
+            line = json.dumps([kind, task_id, []]).encode() + b"\n"
+        os.write(self._fd, line)
+
+    def flush(self) -> None:
+        """Send what is held; call with ``lock`` held."""
+        if self._held:
+            held, self._held = self._held, []
+            self._send_wire(to_wire(Dones(held)))
+
+    def _send_late(self) -> None:
+        while True:
+            self._waiting.wait()
+            time.sleep(HOLD_SECONDS)
+            self._waiting.clear()
+            with self.lock, contextlib.suppress(OSError):  # OSError: the channel is gone
+                self.flush()
 
 
 #: pytest's own plugins on ``pytest_report_to_serializable``: "reports", and
@@ -442,7 +559,7 @@ def serve(channel: Channel) -> None:
     os.chdir(setup.invocation_dir)
     os.environ.update(_environment(setup.workerinput))
     workerinput = dict(setup.workerinput, **{WORKERINPUT_KEY: True})
-    session = WorkerSession(channel, workerinput, setup.collection, setup.collection_follows)
+    session = WorkerSession(channel, workerinput, setup.collection, setup.collection_follows, setup.journal)
     try:
         code = pytest.main(setup.args, plugins=[session])
     except BaseException:

@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -97,6 +98,60 @@ def test_kill_signal_names_the_out_of_memory_killer(pytester: pytest.Pytester) -
     result = run(pytester, "-n", "1")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*gw0 crashed: signal 9 (SIGKILL)*out-of-memory killer*while running*test_oom*"])
+
+
+def _quick_tests_then(pytester: pytest.Pytester, last: str, quick: int = 40, after: int = 5) -> None:
+    """Write ``quick`` trivial tests, the test ``last``, then ``after`` more, all
+    estimated short by a durations file: they are sent ahead, and their Done
+    messages held back (see messages.Dones).  Each test logs its id when it passes."""
+    body = """
+        import os, signal, time, pytest
+
+        def log(name):
+            with open("ran.log", "a") as f:
+                f.write(name + "\\n")
+
+        @pytest.mark.parametrize("i", range({quick}))
+        def test_quick(i):
+            log(f"quick{{i}}")
+
+        def test_last():
+        {last}
+
+        @pytest.mark.parametrize("i", range({after}))
+        def test_after(i):
+            log(f"after{{i}}")
+        """
+    pytester.makepyfile(
+        test_held=textwrap.dedent(body).format(quick=quick, after=after, last=textwrap.indent(last, "    "))
+    )
+    ids = [f"test_held.py::test_quick[{i}]" for i in range(quick)] + ["test_held.py::test_last"]
+    ids += [f"test_held.py::test_after[{i}]" for i in range(after)]
+    pytester.path.joinpath("durations.json").write_text(json.dumps(dict.fromkeys(ids, 0.001)))
+
+
+def test_crash_after_tests_whose_done_was_held_back_costs_only_the_crashing_test(pytester: pytest.Pytester) -> None:
+    """The worker holds back the Done messages of quick tests (here for a
+    minute, longer than the test); the crash loses none of them, and is
+    blamed on the test that crashed, not on one that finished before it."""
+    pytester.makeconftest("import pytest_restask.worker as worker\nworker.HOLD_SECONDS = 60\n")
+    _quick_tests_then(pytester, "os.kill(os.getpid(), signal.SIGKILL)")
+    result = run(pytester, "-n", "1", "-p", "no:randomly", "--durations-file", "durations.json", "-v")
+    result.assert_outcomes(passed=45, failed=1)
+    result.stdout.fnmatch_lines(["*gw0 crashed: signal 9 (SIGKILL)*while running test_held.py::test_last*"])
+    passed = [line for line in result.stdout.lines if " PASSED" in line]
+    assert len(passed) == len(set(passed)) == 45  # each reported once
+    ran = pytester.path.joinpath("ran.log").read_text().split()
+    assert sorted(ran) == sorted([f"quick{i}" for i in range(40)] + [f"after{i}" for i in range(5)])
+
+
+def test_timeout_after_tests_whose_done_was_held_back_blames_the_hanging_test(pytester: pytest.Pytester) -> None:
+    """Held-back Done messages go out within HOLD_SECONDS even while the next
+    test hangs, so its timeout counts from its own start and names it."""
+    _quick_tests_then(pytester, "time.sleep(60)")
+    result = run(pytester, "-n", "1", "-p", "no:randomly", "--durations-file", "durations.json", "--task-timeout=2")
+    result.assert_outcomes(passed=45, failed=1)
+    result.stdout.fnmatch_lines(["*timed out after 2 s on gw0 while running test_held.py::test_last*"])
 
 
 # -- hangs ------------------------------------------------------------------------

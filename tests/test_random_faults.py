@@ -55,6 +55,8 @@ SUITES = int(os.environ.get("RESTASK_FAULT_SUITES", "50"))
 #: 2-core machine with replacement workers booting and other jobs running),
 #: so a slow machine does not time one out.  Each hang costs about this much.
 TASK_TIMEOUT = 2.0
+#: The durations file of a suite with ``short_estimates``.
+DURATIONS_FILE = "durations.json"
 #: Seconds one generated run may take before it counts as hung.
 RUN_TIMEOUT = 90
 #: Seconds a process of the run may take to disappear after it.
@@ -405,6 +407,10 @@ class Suite:
     index: int
     workers: int
     tests: tuple[Planned, ...]
+    #: Run with a durations file that says every test takes a millisecond:
+    #: free tests are then sent ahead, and their Done messages held back
+    #: (a crash or hang after them must still cost only its own test).
+    short_estimates: bool = False
 
     @property
     def faults(self) -> int:
@@ -423,6 +429,7 @@ class Suite:
             f"--max-worker-restart={self.faults}",
             "-p",
             "no:cacheprovider",
+            *(("--durations-file", DURATIONS_FILE) if self.short_estimates else ()),
         )
 
     def describe(self) -> str:
@@ -455,7 +462,7 @@ def plan(seed: int, index: int) -> Suite:
         module = f"test_gen{number % modules}"
         sleep = round(rng.uniform(0.0, 0.03), 3)
         tests.append(Planned(f"test_{number:02d}_{behaviour}", module, behaviour, requests, serial, sleep))
-    return Suite(seed, index, workers, tuple(tests))
+    return Suite(seed, index, workers, tuple(tests), short_estimates=rng.random() < 0.5)
 
 
 def write(pytester: pytest.Pytester, suite: Suite) -> None:
@@ -468,6 +475,9 @@ def write(pytester: pytest.Pytester, suite: Suite) -> None:
     header = "import os, signal, time\nimport pytest\nfrom conftest import child, crash, hang\n\n\n"
     for module, sources in modules.items():
         pytester.makepyfile(**{module: header + "\n\n".join(sources)})
+    if suite.short_estimates:
+        estimates = dict.fromkeys((t.nodeid for t in suite.tests), 0.001)
+        (pytester.path / DURATIONS_FILE).write_text(json.dumps(estimates))
 
 
 # -- checks ----------------------------------------------------------------------
