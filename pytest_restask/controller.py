@@ -21,14 +21,15 @@ report, so every reporter closes it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import queue
 import signal
 import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Generator
-from typing import Any, Final, Literal, TypeAlias, final
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, Final, Literal, TextIO, TypeAlias, final
 
 import pytest
 
@@ -132,6 +133,10 @@ class Controller:
         self._workercount = 0
         #: Workers started before collection, until the loop takes them over.
         self._spawner: ExecnetSpawner | None = None
+        #: The loop's workers after a clean end, until they have exited.
+        self._closing: ExecnetSpawner | None = None
+        #: The terminal's output while the loop runs (see _PacedOutput).
+        self._output: _PacedOutput | None = None
 
     # -- hooks --------------------------------------------------------------------
 
@@ -159,6 +164,16 @@ class Controller:
         if self._spawner is not None:  # started early, and the loop never ran
             self._spawner.kill_all()
             self._spawner = None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_unconfigure(self) -> None:
+        """Wait for the workers of a cleanly ended loop to exit (killing
+        what will not): no worker outlives the run.  Last, so that their
+        interpreters exit while the summary is written and pytest's other
+        plugins end (a worker holding thousands of tests takes a second)."""
+        if self._closing is not None:
+            self._closing.close()
+            self._closing = None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_report_teststatus(
@@ -220,13 +235,14 @@ class Controller:
         # a CI job cancelled with SIGTERM ends like Ctrl-C: workers ended, a summary, exit 2
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            self._loop(session, machine, spawner)
-            self._drain(spawner)
+            with self._paced_terminal():
+                self._loop(session, machine, spawner)
+                self._drain(spawner)
             completed = True
         finally:
             signal.signal(signal.SIGTERM, previous)
-            if completed:
-                spawner.close()
+            if completed:  # their interpreters exit while the summary is written
+                self._closing = spawner
             else:
                 spawner.kill_all()
         if not table.is_empty():
@@ -268,15 +284,28 @@ class Controller:
         self._settle(machine)
         while not machine.done:
             deadline = machine.next_deadline()
-            try:
-                event = spawner.events.get(timeout=None if deadline is None else max(0.0, deadline - self._clock()))
-            except queue.Empty:
+            event = self._next_event(spawner, None if deadline is None else max(0.0, deadline - self._clock()))
+            if event is None:
                 machine.tick(self._clock())
             else:
                 self._handle(event, machine)
             self._settle(machine)
         self._span = (started, self._clock())
         machine.shutdown()
+
+    def _next_event(self, spawner: ExecnetSpawner, timeout: float | None) -> Event | None:
+        """Return the next event, or None after ``timeout`` seconds; the
+        terminal shows what was written before the loop waits."""
+        try:
+            return spawner.events.get_nowait()
+        except queue.Empty:
+            pass
+        if self._output is not None:
+            self._output.release()
+        try:
+            return spawner.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
     def _drain(self, spawner: ExecnetSpawner) -> None:
         """Report what workers say while they shut down.
@@ -287,11 +316,11 @@ class Controller:
         """
         deadline = self._clock() + STOP_GRACE
         while True:
-            running = spawner.running()
+            talking = spawner.talking()
             try:
-                event = spawner.events.get(timeout=0.1 if running else 0)
+                event = spawner.events.get(timeout=0.1 if talking else 0)
             except queue.Empty:
-                if not running or self._clock() > deadline:
+                if not talking or self._clock() > deadline:
                     return
                 continue
             if isinstance(event.message, Report):
@@ -343,6 +372,25 @@ class Controller:
         self._fields.pop(task_id, None)
         self._log_finish(task_id)
         machine.task_done(worker, task_id, self._clock())
+
+    @contextlib.contextmanager
+    def _paced_terminal(self) -> Iterator[None]:
+        """Pace the terminal reporter's output while the loop runs (see
+        :class:`_PacedOutput`); everything is shown, and the file put back, at the end."""
+        reporter = self._config.pluginmanager.get_plugin("terminalreporter")
+        writer = getattr(reporter, "_tw", None)  # pytest's TerminalWriter keeps its file in _file
+        file = getattr(writer, "_file", None)
+        if file is None or not callable(getattr(file, "write", None)):
+            yield
+            return
+        self._output = _PacedOutput(file, self._clock)
+        setattr(writer, "_file", self._output)  # noqa: B010 - private on purpose, see _PacedOutput
+        try:
+            yield
+        finally:
+            setattr(writer, "_file", file)  # noqa: B010
+            output, self._output = self._output, None
+            output.release()
 
     def _collection_differed(self, worker: str, nodeids: list[str], machine: StateMachine) -> None:
         """Stop the run: a worker that collected other tests might run the
@@ -550,6 +598,54 @@ def _report(
         sections=[],
         user_properties=[],
     )
+
+
+#: Seconds between two writes to the terminal while the loop is busy.
+PACE: Final = 0.05
+
+
+@final
+class _PacedOutput:
+    """The terminal reporter's file while the loop runs.
+
+    pytest flushes its terminal after every report: one ``write`` system
+    call a test, which wakes whatever reads the output (a terminal, a CI
+    log, a pipe).  Serially that is cheap, but with every core busy running
+    tests the woken reader takes the controller's core, and each such write
+    was measured at 65-95 µs -- about a third of all the controller does for
+    a trivial test.  Here what is written is kept and passed on when the
+    loop is about to wait for workers anyway, or :data:`PACE` seconds after
+    the last write: the terminal lags by at most that.  Text the file cannot
+    encode fails at once, as pytest expects (it then writes it escaped).
+    """
+
+    def __init__(self, file: TextIO, clock: Callable[[], float]) -> None:
+        self._file = file
+        self._clock = clock
+        self._encoding = getattr(file, "encoding", None) or "utf-8"
+        self._parts: list[str] = []
+        self._last = clock()
+
+    def write(self, text: str) -> int:
+        text.encode(self._encoding)  # raises UnicodeEncodeError as the file would
+        self._parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._clock() - self._last >= PACE:
+            self.release()
+
+    def release(self) -> None:
+        """Pass on what was written, now."""
+        self._last = self._clock()
+        if self._parts:
+            text = "".join(self._parts)
+            self._parts.clear()
+            self._file.write(text)
+            self._file.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -236,9 +236,12 @@ class ExecnetSpawner:
         self._group.terminate(timeout=KILL_GRACE)
         self._remove_journals()
 
-    def running(self) -> bool:
-        """Return whether any worker process has not ended yet."""
-        return any(not process.ended.is_set() for process in list(self._processes.values()))
+    def talking(self) -> bool:
+        """Return whether any worker may still say something: its channel
+        is open and its process lives.  (A worker whose code returned closes
+        its channel; its interpreter may take a while longer to exit.)"""
+        processes = list(self._processes.values())
+        return any(not (process.closed.is_set() or process.ended.is_set()) for process in processes)
 
     def kill_all(self) -> None:
         """End every worker at once (on an interrupt), also one still booting."""

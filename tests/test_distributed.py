@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_restask.controller import PACE, _PacedOutput
 from pytest_restask.resources import Mode, Request
 
 from . import suite
@@ -708,3 +710,47 @@ def test_interrupt_ends_the_workers_and_exits_2(pytester: pytest.Pytester, signu
 def test_no_tests_exits_5(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("x = 1\n")
     assert run(pytester, "-n", "2").ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+# -- the controller's terminal output --------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_paced_output_keeps_writes_until_the_pace_has_passed_or_it_is_released() -> None:
+    """pytest flushes its terminal after every report; while the loop runs,
+    what it writes reaches the file at most every PACE seconds, or when the
+    loop is about to wait, and all of it, in order."""
+    file, clock = io.StringIO(), _Clock()
+    output = _PacedOutput(file, clock)
+    for letter in ".F.":
+        output.write(letter)
+        output.flush()
+    assert file.getvalue() == ""  # within the pace: kept
+    clock.now += PACE
+    output.write("s")
+    output.flush()
+    assert file.getvalue() == ".F.s"
+    output.write("x")
+    output.release()  # the loop waits: shown at once
+    assert file.getvalue() == ".F.sx"
+    assert output.getvalue() == ".F.sx"  # anything else is the file's
+
+
+def test_paced_output_rejects_what_the_terminal_cannot_encode_at_once() -> None:
+    """pytest writes text escaped when its file raises UnicodeEncodeError;
+    kept text must raise on write, not later when it is passed on."""
+    file = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    output = _PacedOutput(file, _Clock())
+    with pytest.raises(UnicodeEncodeError):
+        output.write("caf\u00e9")
+    output.write("cafe")
+    output.release()
+    file.flush()
+    assert file.buffer.getvalue() == b"cafe"  # type: ignore[attr-defined]
