@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import json
 import os
 import queue
 import shutil
@@ -58,6 +57,7 @@ from .messages import (
     WireReport,
     WorkerFailed,
     from_wire,
+    read_journal,
     to_wire,
 )
 from .statemachine import Task
@@ -431,20 +431,12 @@ _END: Final = object()
 
 
 def _read_journal(path: str) -> list[tuple[str, int, list[WireReport]]]:
-    """Return the lines of a worker's journal; a torn last line is skipped."""
+    """Return the entries of a worker's journal (none if it never wrote one)."""
     try:
         with open(path, "rb") as file:
-            lines = file.read().splitlines()
-    except OSError:  # never written: nothing was held back
+            return read_journal(file.read())
+    except OSError:
         return []
-    entries = []
-    for line in lines:
-        try:
-            kind, task_id, reports = json.loads(line)
-        except ValueError:
-            break
-        entries.append((kind, task_id, reports))
-    return entries
 
 
 def _signal_group(popen: subprocess.Popen[bytes], signum: int) -> None:

@@ -57,7 +57,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import json
 import os
 import signal
 import sys
@@ -95,6 +94,7 @@ from pytest_restask.messages import (
     WorkerFailed,
     collection_digest,
     from_wire,
+    journal_entry,
     plain,
     to_wire,
 )
@@ -409,7 +409,8 @@ class _HeldDones:
     """Done messages of tasks answered ahead, sent together as one
     :class:`~.messages.Dones`.
 
-    Each is first appended to the journal file (one JSON line; the kernel
+    Each is first appended to the journal file (one entry, see
+    :func:`~.messages.journal_entry`; the kernel
     keeps it even if this process is killed the next moment), so that when
     the worker dies the controller's side reads the ones it never received
     and a crash still costs exactly the test that crashed.  The reports of
@@ -445,10 +446,10 @@ class _HeldDones:
 
     def _note(self, kind: str, task_id: int, reports: list[WireReport]) -> None:
         try:
-            line = json.dumps([kind, task_id, reports], default=str).encode() + b"\n"
-        except ValueError:  # a report JSON cannot hold: a crash loses it, as without a journal
-            line = json.dumps([kind, task_id, []]).encode() + b"\n"
-        os.write(self._fd, line)
+            entry = journal_entry(kind, task_id, reports)
+        except ValueError:  # a report marshal cannot hold: a crash loses it, as without a journal
+            entry = journal_entry(kind, task_id, [])
+        os.write(self._fd, entry)
 
     def flush(self) -> None:
         """Send what is held; call with ``lock`` held."""

@@ -1,0 +1,53 @@
+"""The wire format and the workers' journal, without processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_restask.messages import (
+    JOURNAL_DONE,
+    JOURNAL_TEARDOWN,
+    Ahead,
+    Dones,
+    ProtocolError,
+    from_wire,
+    journal_entry,
+    read_journal,
+    to_wire,
+)
+
+PLAIN = ["call", 0.00123, 1795481519.4601234, 1795481519.4613534]
+FULL = {"when": "call", "outcome": "passed", "sections": [["Captured stdout call", "caf\u00e9\n"]], "duration": 0.5}
+
+
+def test_messages_survive_the_wire() -> None:
+    for message in (Ahead([(1, "t.py::a", 0), (2, "t.py::b[1]", 1)]), Dones([(3, [PLAIN]), (4, [FULL, PLAIN])])):
+        assert from_wire(to_wire(message)) == message
+
+
+def test_an_unknown_message_names_itself() -> None:
+    with pytest.raises(ProtocolError, match="unknown message 'nonsense'"):
+        from_wire(("nonsense", {}))
+
+
+def test_the_journal_reads_back_what_was_written_in_order() -> None:
+    written = [
+        (JOURNAL_TEARDOWN, 7, [PLAIN, PLAIN]),
+        (JOURNAL_DONE, 7, [PLAIN, PLAIN, PLAIN]),
+        (JOURNAL_DONE, 8, [FULL]),
+    ]
+    data = b"".join(journal_entry(*entry) for entry in written)
+    assert read_journal(data) == written
+
+
+@pytest.mark.parametrize("cut", [1, 3, 4, 10])
+def test_a_torn_last_entry_ends_the_journal(cut: int) -> None:
+    """A worker killed while writing leaves part of an entry: the entries
+    before it count, the torn one does not."""
+    first, second = journal_entry(JOURNAL_DONE, 1, [PLAIN]), journal_entry(JOURNAL_DONE, 2, [PLAIN])
+    assert read_journal(first + second[:-cut]) == [(JOURNAL_DONE, 1, [PLAIN])]
+
+
+def test_a_report_marshal_cannot_hold_is_refused_when_written() -> None:
+    with pytest.raises(ValueError, match="unmarshallable"):
+        journal_entry(JOURNAL_DONE, 1, [{"longrepr": object()}])
