@@ -48,6 +48,7 @@ from .messages import (
     WireReport,
     WorkerFailed,
     collection_digest,
+    finished_at,
 )
 from .plugin import Settings, declaration_error, declaration_of
 from .resources import LockTable
@@ -133,8 +134,6 @@ class Controller:
         self._workercount = 0
         #: Workers started before collection, until the loop takes them over.
         self._spawner: ExecnetSpawner | None = None
-        #: The loop's workers after a clean end, until they have exited.
-        self._closing: ExecnetSpawner | None = None
         #: The terminal's output while the loop runs (see _PacedOutput).
         self._output: _PacedOutput | None = None
 
@@ -164,16 +163,6 @@ class Controller:
         if self._spawner is not None:  # started early, and the loop never ran
             self._spawner.kill_all()
             self._spawner = None
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_unconfigure(self) -> None:
-        """Wait for the workers of a cleanly ended loop to exit (killing
-        what will not): no worker outlives the run.  Last, so that their
-        interpreters exit while the summary is written and pytest's other
-        plugins end (a worker holding thousands of tests takes a second)."""
-        if self._closing is not None:
-            self._closing.close()
-            self._closing = None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_report_teststatus(
@@ -241,8 +230,10 @@ class Controller:
             completed = True
         finally:
             signal.signal(signal.SIGTERM, previous)
-            if completed:  # their interpreters exit while the summary is written
-                self._closing = spawner
+            if completed:
+                # waited for at pytest's cleanup, after the summary and every plugin's
+                # unconfigure: a worker's interpreter takes a second to exit with 10,000 tests
+                self._config.add_cleanup(spawner.close)
             else:
                 spawner.kill_all()
         if not table.is_empty():
@@ -286,7 +277,10 @@ class Controller:
             deadline = machine.next_deadline()
             event = self._next_event(spawner, None if deadline is None else max(0.0, deadline - self._clock()))
             if event is None:
-                machine.tick(self._clock())
+                # a task past its limit may be done, its done message held back: look first
+                caught_up = [spawner.catch_up(worker) for worker in machine.overdue(self._clock())]
+                if not any(caught_up):
+                    machine.tick(self._clock())
             else:
                 self._handle(event, machine)
             self._settle(machine)
@@ -371,7 +365,10 @@ class Controller:
         self._replay_reports(worker, task_id, reports)
         self._fields.pop(task_id, None)
         self._log_finish(task_id)
-        machine.task_done(worker, task_id, self._clock())
+        now = self._clock()
+        stop = finished_at(reports)  # by the wall clock, which the worker shares
+        ended = None if stop is None else now - max(0.0, time.time() - stop)
+        machine.task_done(worker, task_id, now, ended)
 
     @contextlib.contextmanager
     def _paced_terminal(self) -> Iterator[None]:
@@ -383,13 +380,17 @@ class Controller:
         if file is None or not callable(getattr(file, "write", None)):
             yield
             return
-        self._output = _PacedOutput(file, self._clock)
-        setattr(writer, "_file", self._output)  # noqa: B010 - private on purpose, see _PacedOutput
+        output = self._output = _PacedOutput(file, self._clock)
+        setattr(writer, "_file", output)  # noqa: B010 - private on purpose, see _PacedOutput
+        # what hooks print() goes the same way, so it stays in order
+        stdout, sys.stdout = sys.stdout, (output if sys.stdout is file else sys.stdout)
         try:
             yield
         finally:
             setattr(writer, "_file", file)  # noqa: B010
-            output, self._output = self._output, None
+            if sys.stdout is output:
+                sys.stdout = stdout
+            self._output = None
             output.release()
 
     def _collection_differed(self, worker: str, nodeids: list[str], machine: StateMachine) -> None:
@@ -617,17 +618,20 @@ class _PacedOutput:
     loop is about to wait for workers anyway, or :data:`PACE` seconds after
     the last write: the terminal lags by at most that.  Text the file cannot
     encode fails at once, as pytest expects (it then writes it escaped).
+    ``sys.stdout``, when it is the same file, is paced alike, so that what a
+    plugin prints stays in order with the reporter's output.
     """
 
     def __init__(self, file: TextIO, clock: Callable[[], float]) -> None:
         self._file = file
         self._clock = clock
         self._encoding = getattr(file, "encoding", None) or "utf-8"
+        self._errors = getattr(file, "errors", None) or "strict"
         self._parts: list[str] = []
         self._last = clock()
 
     def write(self, text: str) -> int:
-        text.encode(self._encoding)  # raises UnicodeEncodeError as the file would
+        text.encode(self._encoding, self._errors)  # raises UnicodeEncodeError as the file would
         self._parts.append(text)
         return len(text)
 

@@ -44,6 +44,7 @@ __all__ = [
     "WarningRecorded",
     "WorkerFailed",
     "collection_digest",
+    "finished_at",
     "from_wire",
     "journal_entry",
     "read_journal",
@@ -330,6 +331,15 @@ def from_wire(wire: object) -> Message:
         return cls(**fields)
     except TypeError as e:
         raise ProtocolError(f"message {name!r} has the wrong fields: {e}") from None
+
+
+def finished_at(reports: list[WireReport]) -> float | None:
+    """Return when a task's last report says its phase ended (``time.time()``), if it does."""
+    if not reports:
+        return None
+    last = reports[-1]
+    stop = last[3] if isinstance(last, list) else last.get("stop")
+    return stop if isinstance(stop, float) else None
 
 
 def journal_entry(kind: str, task_id: int, reports: list[WireReport]) -> bytes:

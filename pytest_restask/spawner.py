@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -52,6 +53,7 @@ from .messages import (
     Message,
     Next,
     Ready,
+    Report,
     Setup,
     Shutdown,
     WireReport,
@@ -100,9 +102,11 @@ class _Process:
     #: Its setup said the collection digest follows, and it has not been sent.
     awaits_digest: bool = False
     #: Where the worker notes the Done messages it holds back (see
-    #: :class:`~.messages.Dones`), and the tasks whose Done arrived.
+    #: :class:`~.messages.Dones`), the tasks whose Done was passed on, and
+    #: those that sent a Report of their own.
     journal: str = ""
     delivered: set[int] = field(default_factory=set)
+    reported: set[int] = field(default_factory=set)
     #: Its end was told: nothing it sent later counts.
     over: bool = False
     #: The channel delivered its last message.
@@ -174,7 +178,7 @@ class ExecnetSpawner:
                 return
             self._generations += 1
             if self._journals is None:
-                self._journals = tempfile.mkdtemp(prefix="restask-")
+                self._journals = _journal_directory()
             journal = os.path.join(self._journals, f"{worker}.{self._generations}.jsonl")
             process = self._processes[worker] = _Process(self._generations, journal=journal)
             self._waiting.append((worker, process))
@@ -348,18 +352,36 @@ class ExecnetSpawner:
             process.ended.set()
             self._emit(worker, process, Event(worker, None, f"could not start: {e}"))
 
+    def catch_up(self, worker: str) -> bool:
+        """Pass on the Done messages a live worker noted in its journal but
+        has not sent: a test that holds the interpreter (a long call into C)
+        keeps the worker's sending thread from running.  Return whether there
+        were any.  Called when a task seems to have run past its time limit;
+        the task may long be done."""
+        process = self._processes.get(worker)
+        if process is None:
+            return False
+        with self._lock:
+            if process.over:
+                return False
+            entries = _read_journal(process.journal)
+            done = [(task_id, reports) for kind, task_id, reports in entries if kind == JOURNAL_DONE]
+            message = self._first_delivery(process, Dones(done))
+            if message is not None:
+                self._put(worker, process, Event(worker, message))
+        return message is not None
+
     def _on_data(self, worker: str, process: _Process, data: object) -> None:
         if data is not _END:
-            message = from_wire(data)
-            if isinstance(message, (Done, Dones)):
-                with self._lock:  # against _recover
-                    if process.over:
-                        return
-                    if isinstance(message, Done):
-                        process.delivered.add(message.task_id)
-                    else:
-                        process.delivered.update(task_id for task_id, _ in message.done)
-            self._emit(worker, process, Event(worker, message))
+            message: Message | None = from_wire(data)
+            if isinstance(message, (Done, Dones, Report)):
+                # in the order of the journal, against catch_up and _recover
+                with self._lock:
+                    message = self._first_delivery(process, message)
+                    if message is not None:
+                        self._put(worker, process, Event(worker, message))
+            else:
+                self._emit(worker, process, Event(worker, message))
             return
         process.closed.set()
         if process.popen is None:  # nothing to watch: the channel is all we know
@@ -399,22 +421,47 @@ class ExecnetSpawner:
         :class:`~.messages.Dones`): the tasks it finished and held back, and
         the reports of the task whose teardown it died in."""
         with self._lock:
+            done: list[tuple[int, list[WireReport]]] = []
+            in_teardown: dict[int, list[WireReport]] = {}
+            for kind, task_id, reports in _read_journal(process.journal):
+                if task_id in process.delivered:
+                    continue
+                if kind == JOURNAL_TEARDOWN:
+                    # a Report since then carried these reports, or there were none
+                    in_teardown[task_id] = [] if task_id in process.reported else reports
+                elif kind == JOURNAL_DONE:
+                    in_teardown.pop(task_id, None)
+                    done.append((task_id, reports))
+            message = self._first_delivery(process, Dones(done))
+            if message is not None:
+                self._put(worker, process, Event(worker, message))
+            for task_id, reports in in_teardown.items():  # at most the last task
+                self._put(worker, process, Event(worker, AtTeardown(task_id, reports)))
             process.over = True
-            delivered = set(process.delivered)
-        done: list[tuple[int, list[WireReport]]] = []
-        in_teardown: dict[int, list[WireReport]] = {}
-        for kind, task_id, reports in _read_journal(process.journal):
-            if task_id in delivered:
-                continue
-            if kind == JOURNAL_TEARDOWN:
-                in_teardown[task_id] = reports
-            elif kind == JOURNAL_DONE:
-                in_teardown.pop(task_id, None)
-                done.append((task_id, reports))
-        if done:
-            self._emit(worker, process, Event(worker, Dones(done)))
-        for task_id, reports in in_teardown.items():  # at most the last task
-            self._emit(worker, process, Event(worker, AtTeardown(task_id, reports)))
+
+    def _first_delivery(self, process: _Process, message: Message) -> Message | None:
+        """Return what of a Done, Dones or Report is new, noting it; call
+        with the lock held.  A task's Done may come twice, from the channel
+        and from the journal (:meth:`catch_up`): only the first counts."""
+        if process.over:
+            return None
+        if isinstance(message, Report):
+            process.reported.add(message.task_id)
+            return message
+        if isinstance(message, Done):
+            if message.task_id in process.delivered:
+                return None
+            process.delivered.add(message.task_id)
+            return message
+        assert isinstance(message, Dones)
+        done = [(task_id, reports) for task_id, reports in message.done if task_id not in process.delivered]
+        process.delivered.update(task_id for task_id, _ in done)
+        return Dones(done) if done else None
+
+    def _put(self, worker: str, process: _Process, event: Event) -> None:
+        """Queue an event of the worker's current process; call with the lock held."""
+        if self._processes.get(worker) is process:
+            self.events.put(event)
 
     def _force(self, process: _Process) -> None:
         if not process.ended.wait(KILL_GRACE) and process.popen is not None:
@@ -428,6 +475,37 @@ class ExecnetSpawner:
 
 
 _END: Final = object()
+
+
+#: The prefix of the directories of the workers' journals, then the
+#: controller's process id: a directory left by a controller that was
+#: killed is removed by the next run.
+JOURNALS_PREFIX: Final = "restask-journals-"
+
+
+def _journal_directory() -> str:
+    """Make this run's journal directory, and remove those of dead controllers."""
+    pattern = re.compile(re.escape(JOURNALS_PREFIX) + r"(\d+)-\w+$")
+    base = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(base):
+            found = pattern.match(name)
+            if found is None or _alive(int(found.group(1))):
+                continue
+            path = os.path.join(base, name)
+            if os.stat(path).st_uid == os.getuid():
+                shutil.rmtree(path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{JOURNALS_PREFIX}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's: alive
+        return True
+    return True
 
 
 def _read_journal(path: str) -> list[tuple[str, int, list[WireReport]]]:

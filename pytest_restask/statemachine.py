@@ -402,18 +402,21 @@ class StateMachine:
         _enqueue(state, task)
         self._spawner.send_next(worker, task, keep_fixtures=grant.covers(current.grant), final=False)
 
-    def task_done(self, worker: str, task_id: int, now: float) -> None:
-        """A worker finished a task's teardown."""
+    def task_done(self, worker: str, task_id: int, now: float, ended: float | None = None) -> None:
+        """A worker finished a task's teardown (at ``ended``, if the worker
+        said when: its done message may come late, and the task queued
+        behind it started then)."""
         state = self._workers[worker]
         current = state.running
         assert current is not None, (worker, task_id)
         assert current.id == task_id, (worker, task_id)
-        self._finish(current, now, Reason.COMPLETED, "")
+        ended = now if ended is None else min(ended, now)
+        self._finish(current, ended, Reason.COMPLETED, "")
         state.told_nothing = False
         if state.queued:
             state.running = state.queued.popleft()
             state.queued_seconds = state.queued_seconds - state.running.estimate if state.queued else 0.0
-            state.running.started_at = now
+            state.running.started_at = ended
         else:
             state.running = None
             if state.phase is WorkerPhase.BUSY:
@@ -457,19 +460,22 @@ class StateMachine:
         state.phase = WorkerPhase.STARTING
         self._spawner.start_worker(worker)
 
+    def overdue(self, now: float) -> list[str]:
+        """Return the workers whose task has run past its time limit."""
+        return [w.name for w in self._workers.values() if (d := self._deadline(w)) is not None and now >= d]
+
     def tick(self, now: float) -> None:
         """Kill the workers whose task ran past the task timeout."""
-        for state in self._workers.values():
-            deadline = self._deadline(state)
-            if deadline is not None and now >= deadline:
-                assert state.running is not None
-                state.phase = WorkerPhase.KILLING
-                state.kill_reason = (
-                    state.running,
-                    Reason.TIMEOUT,
-                    f"timed out after {self._limit(state.running):g} s on {state.name}",
-                )
-                self._spawner.kill_worker(state.name)
+        for worker in self.overdue(now):
+            state = self._workers[worker]
+            assert state.running is not None
+            state.phase = WorkerPhase.KILLING
+            state.kill_reason = (
+                state.running,
+                Reason.TIMEOUT,
+                f"timed out after {self._limit(state.running):g} s on {state.name}",
+            )
+            self._spawner.kill_worker(state.name)
 
     def shutdown(self) -> None:
         """Stop every worker; call once the run is done.

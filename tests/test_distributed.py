@@ -754,3 +754,26 @@ def test_paced_output_rejects_what_the_terminal_cannot_encode_at_once() -> None:
     output.release()
     file.flush()
     assert file.buffer.getvalue() == b"cafe"  # type: ignore[attr-defined]
+
+
+def test_what_a_plugin_prints_stays_in_order_with_the_terminal(pytester: pytest.Pytester) -> None:
+    """While the loop paces the terminal, print() in a report hook goes the
+    same way: each line follows the report it was printed for."""
+    pytester.makeconftest(
+        """
+        import os
+
+        def pytest_runtest_logreport(report):
+            if report.when == "call" and not os.environ.get("PYTEST_XDIST_WORKER"):
+                print(f"\\nhook saw {report.nodeid.split('::')[-1]}")
+        """
+    )
+    pytester.makepyfile("import pytest\n@pytest.mark.parametrize('i', range(20))\ndef test_o(i): pass\n")
+    result = run(pytester, "-n", "2", "-v", "-p", "no:randomly")
+    result.assert_outcomes(passed=20)
+    lines = [line for line in result.stdout.lines if " PASSED" in line or line.startswith("hook saw")]
+    assert len(lines) == 40
+    for passed, saw in zip(lines[::2], lines[1::2], strict=True):
+        name = re.search(r"::(test_o\[\d+\])", passed)
+        assert name is not None, passed
+        assert saw == f"hook saw {name.group(1)}", (passed, saw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -152,6 +153,59 @@ def test_timeout_after_tests_whose_done_was_held_back_blames_the_hanging_test(py
     result = run(pytester, "-n", "1", "-p", "no:randomly", "--durations-file", "durations.json", "--task-timeout=2")
     result.assert_outcomes(passed=45, failed=1)
     result.stdout.fnmatch_lines(["*timed out after 2 s on gw0 while running test_held.py::test_last*"])
+
+
+def test_teardown_error_then_crash_reports_each_phase_once(pytester: pytest.Pytester) -> None:
+    """A test answered ahead whose teardown fails sends its reports at once;
+    the worker then dies before its Done: no phase is reported twice."""
+    pytester.makeconftest(
+        """
+        import os
+
+        def pytest_runtest_logfinish(nodeid, location):
+            if nodeid.endswith("test_last") and os.environ.get("PYTEST_XDIST_WORKER"):
+                os._exit(3)
+        """
+    )
+    _quick_tests_then(pytester, "pass", quick=4, after=2)
+    body = pytester.path.joinpath("test_held.py").read_text()
+    body = body.replace(
+        "def test_last():",
+        "@pytest.fixture\ndef bad():\n    yield\n    raise RuntimeError('teardown fails')\n\n\ndef test_last(bad):",
+    )
+    pytester.path.joinpath("test_held.py").write_text(body)
+    assert "def test_last(bad)" in body
+    result = run(pytester, "-n", "1", "-p", "no:randomly", "--durations-file", "durations.json", "-v")
+    result.assert_outcomes(passed=7, errors=1)
+    assert len([line for line in result.stdout.lines if "::test_last" in line and " PASSED" in line]) == 1
+
+
+def test_a_test_holding_the_interpreter_does_not_time_out_the_one_before(pytester: pytest.Pytester) -> None:
+    """A test that keeps the interpreter to itself (a long call into C, here a
+    loop that never lets other threads run) stops the worker's thread that
+    sends held-back Done messages.  When the test before it, limited to 1 s,
+    seems to run past its limit, the controller reads the worker's journal,
+    finds it done, and lets the long test run."""
+    _quick_tests_then(
+        pytester,
+        "sys.setswitchinterval(100)  # no other thread runs until this test ends\n"
+        "end = time.monotonic() + 2.5\n"
+        "while time.monotonic() < end:\n"
+        "    pass\n"
+        "sys.setswitchinterval(0.005)",
+        quick=3,
+        after=2,
+    )
+    body = pytester.path.joinpath("test_held.py").read_text()
+    body = body.replace("import os, signal, time, pytest", "import os, signal, sys, time, pytest")
+    body = body.replace(
+        '@pytest.mark.parametrize("i", range(3))\ndef test_quick',
+        '@pytest.mark.timeout(1)\n@pytest.mark.parametrize("i", range(3))\ndef test_quick',
+    )
+    pytester.path.joinpath("test_held.py").write_text(body)
+    assert "@pytest.mark.timeout(1)" in body
+    result = run(pytester, "-n", "1", "-p", "no:randomly", "--durations-file", "durations.json")
+    result.assert_outcomes(passed=6)
 
 
 # -- hangs ------------------------------------------------------------------------
@@ -536,3 +590,25 @@ def test_many_workers_on_few_cores(pytester: pytest.Pytester) -> None:
     )
     db = sorted((start, end) for _, exclusive, start, end in records if exclusive)
     assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(db))
+
+
+def test_journals_are_removed_even_when_a_plugin_fails_at_the_end(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers' journals live in a directory of the run, removed at the
+    end even when another plugin's unconfigure raises; a directory left by a
+    controller that was killed goes with the next run, one of a live
+    controller stays."""
+    tmp = pytester.path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    stale = tmp / "restask-journals-999999999-x1"  # no such process
+    alive = tmp / f"restask-journals-{os.getpid()}-x2"
+    for directory in (stale, alive):
+        directory.mkdir()
+        (directory / "gw0.1.journal").write_bytes(b"")
+    pytester.makeconftest("def pytest_unconfigure(config):\n    raise RuntimeError('a plugin fails at the end')\n")
+    pytester.makepyfile("import pytest\n@pytest.mark.parametrize('i', range(4))\ndef test_a(i): pass\n")
+    result = run(pytester, "-n", "2")
+    result.stdout.fnmatch_lines(["*4 passed*"])
+    assert sorted(p.name for p in tmp.iterdir()) == [alive.name]

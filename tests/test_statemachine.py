@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -345,3 +346,43 @@ def expected_reasons(plan: Plan, timeout: float | None, impossible: str | None) 
     if timeout is None or ends < timeout:
         return {natural}
     return {Reason.TIMEOUT} if ends > timeout else {natural, Reason.TIMEOUT}
+
+
+class _Recorder:
+    """A spawner that only records what it is asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    def start_worker(self, worker: str) -> None:
+        self.calls.append(("start", worker))
+
+    def send_next(self, worker: str, task: Task | None, keep_fixtures: bool, final: bool) -> None:
+        self.calls.append(("next", worker, str(None if task is None else task.id)))
+
+    def send_ahead(self, worker: str, tasks: list[Task]) -> None:
+        self.calls.append(("ahead", worker, *(str(t.id) for t in tasks)))
+
+    def kill_worker(self, worker: str) -> None:
+        self.calls.append(("kill", worker))
+
+    def stop_worker(self, worker: str) -> None:
+        self.calls.append(("stop", worker))
+
+
+def test_a_late_done_dates_the_next_task_from_when_the_last_one_ended() -> None:
+    """A worker holds back the done messages of tasks sent ahead; the task
+    queued behind one started when that one ended, so its time limit counts
+    from then, not from when the message arrived."""
+    tasks = [Task(i, f"t{i}", needs(), estimate=0.001) for i in range(2)]
+    spawner = _Recorder()
+    sm = StateMachine(tasks, LockTable(), spawner, ["gw0"], task_timeout=1.0, prefetch=True)
+    sm.step(0.0)
+    sm.worker_ready("gw0", 0.0)
+    assert ("ahead", "gw0", "1") in spawner.calls
+    sm.task_done("gw0", 0, now=0.9, ended=0.1)  # arrives 0.8 s after the task ended
+    assert sm.next_deadline() == pytest.approx(1.1)
+    assert sm.overdue(1.05) == []
+    assert sm.overdue(1.1) == ["gw0"]
+    sm.task_done("gw0", 1, now=1.2, ended=5.0)  # a clock ahead of now counts as now
+    assert [t.finished_at for t in sm.finished] == [pytest.approx(0.1), pytest.approx(1.2)]
