@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+
+import pytest
 
 
 def alive(pid: int) -> bool:
@@ -29,3 +34,17 @@ def survivors(pids: Iterable[int], within: float = 5.0) -> list[int]:
 def pids_in(directory: Path, pattern: str = "*.pid") -> list[int]:
     """Return the pids written, one per file, as ``pattern`` in ``directory``."""
     return [int(path.read_text()) for path in sorted(directory.glob(pattern))]
+
+
+def start_pytest(pytester: pytest.Pytester, *args: str) -> subprocess.Popen[bytes]:
+    """Start ``python -m pytest args`` in the pytester directory, to be interrupted.
+
+    Ctrl-C must reach it as a KeyboardInterrupt even where this suite itself
+    was started with SIGINT ignored (a shell's background job): Python keeps
+    an ignored SIGINT ignored, so the child gets the default back first.
+    """
+
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return pytester.popen([sys.executable, "-m", "pytest", *args], stdin=subprocess.DEVNULL, preexec_fn=default_sigint)

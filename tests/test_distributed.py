@@ -8,8 +8,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -20,6 +18,7 @@ from pytest_restask.controller import PACE, _PacedOutput
 from pytest_restask.resources import Mode, Request
 
 from . import suite
+from .processes import start_pytest
 
 RUN = ("-p", "restask")
 TIMEOUT = 120
@@ -690,7 +689,7 @@ def test_interrupt_ends_the_workers_and_exits_2(pytester: pytest.Pytester, signu
             test_slow(worker_id)
         """
     )
-    process = pytester.popen([sys.executable, "-m", "pytest", *RUN, "-n", "2"], stdin=subprocess.DEVNULL)
+    process = start_pytest(pytester, *RUN, "-n", "2")
     deadline = time.monotonic() + 60
     while len(list(pytester.path.glob("pid-*"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)

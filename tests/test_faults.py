@@ -12,13 +12,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 
-from .processes import pids_in, survivors
+from .processes import pids_in, start_pytest, survivors
 from .test_distributed import RUN, TIMEOUT, run
 
 # -- worker death outside a test ------------------------------------------------
@@ -323,7 +322,7 @@ def test_slow_too(worker_id):
 def _start_slow_run(pytester: pytest.Pytester) -> subprocess.Popen[bytes]:
     """Start a run whose two tests each start a child, and wait until both have."""
     pytester.makepyfile(_SLOW_WITH_CHILD)
-    process = pytester.popen([sys.executable, "-m", "pytest", *RUN, "-n", "2"], stdin=subprocess.DEVNULL)
+    process = start_pytest(pytester, *RUN, "-n", "2")
     deadline = time.monotonic() + TIMEOUT
     while len(pids_in(pytester.path, "worker-*.pid")) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
