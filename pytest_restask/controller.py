@@ -312,7 +312,7 @@ class Controller:
         while True:
             talking = spawner.talking()
             try:
-                event = spawner.events.get(timeout=0.1 if talking else 0)
+                event = spawner.events.get(timeout=DRAIN_POLL if talking else 0)
             except queue.Empty:
                 if not talking or self._clock() > deadline:
                     return
@@ -601,6 +601,9 @@ def _report(
     )
 
 
+#: Seconds between two looks at whether every worker's channel has closed,
+#: at the end of the run (a channel's close is no event).
+DRAIN_POLL: Final = 0.01
 #: Seconds between two writes to the terminal while the loop is busy.
 PACE: Final = 0.05
 
