@@ -618,8 +618,9 @@ class _PacedOutput:
     tests the woken reader takes the controller's core, and each such write
     was measured at 65-95 µs -- about a third of all the controller does for
     a trivial test.  Here what is written is kept and passed on when the
-    loop is about to wait for workers anyway, or :data:`PACE` seconds after
-    the last write: the terminal lags by at most that.  Text the file cannot
+    loop is about to wait for workers anyway, or at pytest's flush once
+    :data:`PACE` seconds have passed since it was last passed on: the
+    terminal lags by at most that.  Text the file cannot
     encode fails at once, as pytest expects (it then writes it escaped).
     ``sys.stdout``, when it is the same file, is paced alike, so that what a
     plugin prints stays in order with the reporter's output.

@@ -170,6 +170,8 @@ class ExecnetSpawner:
     # -- the Spawner protocol ---------------------------------------------------
 
     def start_worker(self, worker: str) -> None:
+        if self._journals is None:  # only the controller's thread starts workers
+            self._journals = _journal_directory()
         with self._lock:
             if self._closed:
                 return
@@ -177,9 +179,7 @@ class ExecnetSpawner:
                 self._early.discard(worker)
                 return
             self._generations += 1
-            if self._journals is None:
-                self._journals = _journal_directory()
-            journal = os.path.join(self._journals, f"{worker}.{self._generations}.jsonl")
+            journal = os.path.join(self._journals, f"{worker}.{self._generations}.journal")
             process = self._processes[worker] = _Process(self._generations, journal=journal)
             self._waiting.append((worker, process))
         self._boot_next()

@@ -280,12 +280,11 @@ class WorkerSession:
         self._asked = True
         # Answered ahead (short free tests, see the state machine's
         # _send_ahead): nothing is sent now, and the setup and call reports
-        # ride with Done -- one message per test.  A crash in this teardown
-        # then fails the test as a crash, without its passed setup and call.
+        # ride with Done.  They are noted in the journal first, so that a
+        # crash in this teardown does not lose them.
         answer = self.poll()
         self._answered_ahead = answer is not None
         if answer is not None and self._held is not None:
-            # its setup and call reports ride with Done: noted in case this teardown kills the worker
             self._held.note_teardown(task_id, self._reports)
         if answer is None:
             self.send(AtTeardown(task_id, self._take_reports()))
