@@ -33,6 +33,7 @@ from typing import Any, Final, Literal, TextIO, TypeAlias, final
 
 import pytest
 
+from . import heap
 from .durations import Durations
 from .messages import (
     SHARD_WORKERS_KEY,
@@ -198,6 +199,7 @@ class Controller:
         estimates = self._durations.estimates(item.nodeid for item in self._items)
         tasks = [self._task(index, item, table, estimates[index]) for index, item in enumerate(self._items)]
         runnable = sum(task.error is None for task in tasks)
+        heap.freeze(self._config)
         _remember_runnable(self._config, runnable)
         if not runnable and self._spawner is not None:  # started early for nothing
             self._spawner.kill_all()
@@ -228,6 +230,7 @@ class Controller:
                 self._loop(session, machine, spawner)
                 self._drain(spawner)
             completed = True
+            heap.freeze(self._config)
         finally:
             signal.signal(signal.SIGTERM, previous)
             if completed:

@@ -28,7 +28,7 @@ from typing import Final, final
 
 import pytest
 
-from . import compat, durations, holds
+from . import compat, durations, heap, holds
 from .durations import Durations, DurationsRecorder
 from .messages import SHARD_WORKERS_KEY, WORKERINPUT_KEY
 from .resources import (
@@ -161,7 +161,10 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     Not in ``pytest_addoption``: ``-p restask`` loads this plugin before
     the entry points, so whether xdist will be there is known only now,
     after every ``-p`` and entry-point plugin and before the full parse.
+    Also the first hook here to see the config, early enough to add the
+    clean-up pytest runs last (see :mod:`.heap`).
     """
+    heap.allow_freezing(early_config)
     if _has_xdist(early_config.pluginmanager):
         return
     group = parser.getgroup("restask")

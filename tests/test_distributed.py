@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import os
@@ -709,6 +710,42 @@ def test_interrupt_ends_the_workers_and_exits_2(pytester: pytest.Pytester, signu
 def test_no_tests_exits_5(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("x = 1\n")
     assert run(pytester, "-n", "2").ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+# -- the controller's heap -------------------------------------------------------
+
+FREEZE_PROBE = """
+import gc
+from pathlib import Path
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):
+        Path("frozen-at-unconfigure").write_text(str(gc.get_freeze_count()))
+"""
+
+
+def test_the_controller_heap_is_frozen_for_its_end_and_thawed_after(pytester: pytest.Pytester) -> None:
+    """pytest run in process (an IDE, pytester) leaves the program's heap as it was."""
+    pytester.makeconftest(FREEZE_PROBE)
+    pytester.makepyfile("def test_a(): pass\n")
+    assert gc.get_freeze_count() == 0
+    pytester.runpytest_inprocess(*RUN, "-n", "1").assert_outcomes(passed=1)
+    assert int((pytester.path / "frozen-at-unconfigure").read_text()) > 0
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_heap_frozen_by_the_program_is_left_to_it(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(FREEZE_PROBE)
+    pytester.makepyfile("def test_a(): pass\n")
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        pytester.runpytest_inprocess(*RUN, "-n", "1").assert_outcomes(passed=1)
+        # frozen objects freed by reference counting leave the count
+        assert int((pytester.path / "frozen-at-unconfigure").read_text()) <= frozen
+        assert 0 < gc.get_freeze_count() <= frozen
+    finally:
+        gc.unfreeze()
 
 
 # -- the controller's terminal output --------------------------------------------
