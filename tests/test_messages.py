@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from execnet import gateway_base
 
 from pytest_restask.messages import (
     JOURNAL_DONE,
@@ -21,8 +22,16 @@ FULL = {"when": "call", "outcome": "passed", "sections": [["Captured stdout call
 
 
 def test_messages_survive_the_wire() -> None:
+    """Through execnet's own serializer, as a channel carries them."""
     for message in (Ahead([(1, "t.py::a", 0), (2, "t.py::b[1]", 1)]), Dones([(3, [PLAIN]), (4, [FULL, PLAIN])])):
-        assert from_wire(to_wire(message)) == message
+        wire = gateway_base.loads_internal(gateway_base.dumps_internal(to_wire(message)))
+        assert from_wire(wire) == message
+
+
+def test_an_unreadable_field_is_a_protocol_error() -> None:
+    name, fields = to_wire(Dones([(3, [PLAIN])]))
+    with pytest.raises(ProtocolError, match="'dones' has an unreadable field"):
+        from_wire((name, {"done": fields["done"][:-2]}))
 
 
 def test_an_unknown_message_names_itself() -> None:
