@@ -56,7 +56,7 @@ __all__ = [
     "to_wire",
 ]
 
-#: The key in ``config.workerinput`` that marks a restask worker.
+#: The key in ``config.workerinput`` that marks a restask worker (its value: :data:`PROTOCOL_VERSION`).
 WORKERINPUT_KEY: Final = "restask_protocol"
 #: ``config.workerinput`` key: the workers per job that ``--shard`` balanced
 #: for, so that a worker (run with ``-n 0``) splits as the controller did.
@@ -91,7 +91,7 @@ class Message:
     """Base of every message; subclasses are frozen dataclasses."""
 
     name: ClassVar[str]
-    #: Fields that cross as ``marshal`` bytes (builtins only, many of them).
+    #: Fields that cross as ``marshal`` bytes: lists of many builtins.
     marshalled: ClassVar[tuple[str, ...]] = ()
 
 
@@ -325,7 +325,10 @@ def to_wire(message: Message) -> Wire:
     assert dataclasses.is_dataclass(message)
     fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
     for name in message.marshalled:
-        fields[name] = marshal.dumps(fields[name])
+        try:
+            fields[name] = marshal.dumps(fields[name])
+        except ValueError:  # something marshal cannot hold, such as a float subclass
+            fields[name] = marshal.dumps(plain(fields[name]))
     return (message.name, fields)
 
 
@@ -337,9 +340,12 @@ def from_wire(wire: object) -> Message:
     cls = _MESSAGES.get(name)
     if cls is None:
         raise ProtocolError(f"unknown message {name!r}")
+    fields = dict(fields)
     try:
         for field in cls.marshalled:
             fields[field] = marshal.loads(fields[field])
+            if not isinstance(fields[field], list):
+                raise TypeError(f"{field} is a {type(fields[field]).__name__}, not a list")
     except (KeyError, TypeError, ValueError, EOFError) as e:
         raise ProtocolError(f"message {name!r} has an unreadable field: {e!r}") from None
     try:
@@ -404,18 +410,26 @@ def plain(value: object) -> object:
 
     A report's data holds whatever tests and plugins put there: objects in
     ``user_properties``, a custom ``longrepr``, text with lone surrogates.
-    Containers are rebuilt, text is made encodable, and anything else
-    becomes its ``str()``, so a report is shown as well as it can be
-    rather than lost.
+    Containers are rebuilt, subclasses of numbers and text become the
+    builtin type (neither serializer takes subclasses), text is made
+    encodable, and anything else becomes its ``str()``, so a report is shown
+    as well as it can be rather than lost.
     """
-    if value is None or isinstance(value, (bool, int, float, bytes)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, bytes):
+        return bytes(value)
     if isinstance(value, str):
+        text = str.__str__(value)
         try:
-            value.encode("utf-8")
+            text.encode("utf-8")
         except UnicodeEncodeError:
-            return value.encode("utf-8", "backslashreplace").decode("utf-8")
-        return value
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text
     if isinstance(value, dict):
         return {plain(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

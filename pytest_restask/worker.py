@@ -75,6 +75,7 @@ from pytest_restask.messages import (
     ITEM_FIELDS,
     JOURNAL_DONE,
     JOURNAL_TEARDOWN,
+    PROTOCOL_VERSION,
     WORKERINPUT_KEY,
     Ahead,
     AtTeardown,
@@ -559,7 +560,7 @@ def serve(channel: Channel) -> None:
         raise ProtocolError(f"expected 'setup' first, got {setup.name!r}")
     os.chdir(setup.invocation_dir)
     os.environ.update(_environment(setup.workerinput))
-    workerinput = dict(setup.workerinput, **{WORKERINPUT_KEY: True})
+    workerinput = dict(setup.workerinput, **{WORKERINPUT_KEY: PROTOCOL_VERSION})
     session = WorkerSession(channel, workerinput, setup.collection, setup.collection_follows, setup.journal)
     try:
         code = pytest.main(setup.args, plugins=[session])
@@ -572,7 +573,8 @@ def serve(channel: Channel) -> None:
     # Nothing more runs here but the interpreter's exit, which looks through
     # every object for garbage: about a second with 10,000 collected tests,
     # and the controller waits for it.  Frozen objects are not looked at.
-    gc.freeze()
+    if hasattr(gc, "freeze"):  # not on PyPy
+        gc.freeze()
 
 
 #: Seconds between two looks at whether the controller still lives.

@@ -718,19 +718,21 @@ FREEZE_PROBE = """
 import gc
 from pathlib import Path
 
-def pytest_unconfigure(config):
+def pytest_configure(config):
+    # added after restask's thaw, so run before it: the heap is still
+    # frozen here, after pytest's own clean-ups (its unraisable check)
     if not hasattr(config, "workerinput"):
-        Path("frozen-at-unconfigure").write_text(str(gc.get_freeze_count()))
+        config.add_cleanup(lambda: Path("frozen-at-cleanup").write_text(str(gc.get_freeze_count())))
 """
 
 
-def test_the_controller_heap_is_frozen_for_its_end_and_thawed_after(pytester: pytest.Pytester) -> None:
+def test_the_controller_heap_is_frozen_to_its_end_and_thawed_after(pytester: pytest.Pytester) -> None:
     """pytest run in process (an IDE, pytester) leaves the program's heap as it was."""
     pytester.makeconftest(FREEZE_PROBE)
     pytester.makepyfile("def test_a(): pass\n")
     assert gc.get_freeze_count() == 0
     pytester.runpytest_inprocess(*RUN, "-n", "1").assert_outcomes(passed=1)
-    assert int((pytester.path / "frozen-at-unconfigure").read_text()) > 0
+    assert int((pytester.path / "frozen-at-cleanup").read_text()) > 0
     assert gc.get_freeze_count() == 0
 
 
@@ -742,10 +744,39 @@ def test_a_heap_frozen_by_the_program_is_left_to_it(pytester: pytest.Pytester) -
         frozen = gc.get_freeze_count()
         pytester.runpytest_inprocess(*RUN, "-n", "1").assert_outcomes(passed=1)
         # frozen objects freed by reference counting leave the count
-        assert int((pytester.path / "frozen-at-unconfigure").read_text()) <= frozen
+        assert int((pytester.path / "frozen-at-cleanup").read_text()) <= frozen
         assert 0 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
+
+
+def test_a_controller_cycle_that_raises_when_collected_is_reported(pytester: pytest.Pytester) -> None:
+    """As in a serial run, though the controller freezes its heap: what is
+    garbage is collected first."""
+    pytester.makeconftest(
+        """
+        import gc
+
+        class _Cycle:
+            def __init__(self):
+                self.me = self
+
+            def __del__(self):
+                raise RuntimeError("finalizer of a controller cycle")
+
+        _kept = [_Cycle()]
+        gc.collect()  # the cycle is in the oldest generation now
+
+        def pytest_collection_finish(session):
+            if not hasattr(session.config, "workerinput"):
+                _kept.clear()  # garbage from here on, which only a full collection finds
+        """
+    )
+    pytester.makepyfile("def test_a(): pass\n")
+    for args in ((), ("-n", "1")):
+        result = run(pytester, *args)
+        result.assert_outcomes(passed=1)
+        assert "RuntimeError: finalizer of a controller cycle" in result.stdout.str() + result.stderr.str(), args
 
 
 # -- the controller's terminal output --------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import enum
+import marshal
+
 import pytest
 from execnet import gateway_base
 
@@ -28,10 +31,28 @@ def test_messages_survive_the_wire() -> None:
         assert from_wire(wire) == message
 
 
+class _Seconds(float):
+    pass
+
+
+class _Task(enum.IntEnum):
+    FIRST = 5
+
+
+def test_what_marshal_cannot_hold_crosses_as_builtins() -> None:
+    """A subclass of a number or of text (a plugin's duration, an enum)."""
+    message = Dones([(_Task.FIRST, [["call", _Seconds(0.5), 1.0, 2.0]])])
+    (task_id, [[when, duration, *_]]) = from_wire(to_wire(message)).done[0]
+    assert (type(task_id), type(duration)) == (int, float)
+    assert (task_id, when, duration) == (5, "call", 0.5)
+
+
 def test_an_unreadable_field_is_a_protocol_error() -> None:
     name, fields = to_wire(Dones([(3, [PLAIN])]))
     with pytest.raises(ProtocolError, match="'dones' has an unreadable field"):
         from_wire((name, {"done": fields["done"][:-2]}))
+    with pytest.raises(ProtocolError, match="done is a int, not a list"):
+        from_wire((name, {"done": marshal.dumps(5)}))
 
 
 def test_an_unknown_message_names_itself() -> None:
