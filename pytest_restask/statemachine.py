@@ -79,6 +79,9 @@ class Task:
     timeout: float | None = None
     #: Seconds it is expected to take (from earlier runs); orders the ready queue.
     estimate: float = 1.0
+    #: Its place in :func:`prioritize`'s order but for length: tasks of one
+    #: group may trade places to keep a worker in its module.
+    group: tuple[int, float, int] = (2, 0.0, 0)
     worker: str | None = None
     grant: Grant | None = None
     started_at: float | None = None
@@ -141,6 +144,11 @@ class _Worker:
     #: While KILLING: the task it is killed for, why, and a detail.
     kill_reason: tuple[Task, Reason, str] | None = None
 
+    def module(self) -> str | None:
+        """Return the module whose fixtures this worker will have last, if any."""
+        last = self.queued[-1] if self.queued else self.running
+        return None if last is None else _module(last)
+
 
 @dataclass(slots=True)
 class _Queues:
@@ -177,6 +185,10 @@ SHORT = 0.05
 #: share of the ready tasks, so the end stays balanced.
 AHEAD_TASKS = 256
 AHEAD_SECONDS = 0.2
+#: How far past the first task that could start a worker looks for one of
+#: its own module (see :meth:`StateMachine._pick`): enough to pass the
+#: first tests of other modules, few enough to cost nothing per pick.
+NEAR_LOOKAHEAD = 64
 
 
 def prioritize(tasks: Sequence[Task], table: LockTable, workers: int) -> list[Task]:
@@ -197,6 +209,8 @@ def prioritize(tasks: Sequence[Task], table: LockTable, workers: int) -> list[Ta
        powers of two, from :data:`SHORT` seconds up, so that tests of similar
        length keep collection order (and a worker keeps its module's
        fixtures more often): timing noise never reorders quick tests.
+       Within the group of 1-3 a worker still prefers its own module's
+       tests when it hands over (see :meth:`StateMachine._pick`).
 
     A waiting task's claim keeps later conflicting tasks back (see
     :meth:`StateMachine._pick`), so this order is also the order in which a
@@ -217,7 +231,10 @@ def prioritize(tasks: Sequence[Task], table: LockTable, workers: int) -> list[Ta
         top = max(requests, key=lambda request: load[request.name])
         return (1, -load[top.name], 0 if top.mode is Mode.SHARED else 1, length)
 
-    return sorted(tasks, key=key)
+    ordered = sorted(tasks, key=key)
+    for task in ordered:
+        task.group = key(task)[:3]
+    return ordered
 
 
 def _load(request: Request, seconds: float, table: LockTable, workers: int) -> float:
@@ -346,7 +363,7 @@ class StateMachine:
         for worker in self._workers.values():
             if worker.phase is not WorkerPhase.IDLE:
                 continue
-            task = self._pick(replacing=None)
+            task = self._pick(replacing=None, worker=worker)
             if task is None:
                 break
             self._dispatch(task, worker, now, replacing=None)
@@ -392,7 +409,7 @@ class StateMachine:
             return  # being killed: the answer would never be read
         if state.queued:
             return  # answered ahead (see _send_ahead): that answer is on its way
-        task = self._pick(replacing=current)
+        task = self._pick(replacing=current, worker=state)
         if task is None:
             state.told_nothing = True
             self._spawner.send_next(worker, None, keep_fixtures=False, final=self._nothing_waits())
@@ -531,7 +548,7 @@ class StateMachine:
         limit = min(AHEAD_TASKS, len(state.queued) + share)
         sent: list[Task] = []
         while len(state.queued) < limit and state.queued_seconds < AHEAD_SECONDS:
-            task = self._pick(replacing=running, short_and_free=True)
+            task = self._pick(replacing=running, short_and_free=True, worker=state)
             if task is None:
                 break
             self._dispatch(task, state, now, replacing=running)
@@ -540,28 +557,55 @@ class StateMachine:
         if sent:
             self._spawner.send_ahead(state.name, sent)
 
-    def _pick(self, replacing: Task | None, short_and_free: bool = False) -> Task | None:
+    def _pick(self, replacing: Task | None, short_and_free: bool = False, worker: _Worker | None = None) -> Task | None:
         """Return the first ready task that can start now, honouring claims
-        (with ``short_and_free``: the first free one expected to be short)."""
+        (with ``short_and_free``: the first free one expected to be short).
+
+        For ``worker``, tasks of one priority group (see :func:`prioritize`)
+        trade places to keep modules together: the first test of a module
+        carries the module's fixtures in its estimate, so longest-first
+        alone sends a worker to every module's first test in turn, and every
+        worker into every module, each setting up the module's fixtures
+        again.  Among the next :data:`NEAR_LOOKAHEAD` tasks of the first
+        one's group, the worker takes a test of the module it is in (whose
+        fixtures it may keep), else one of a module no other worker is in.
+        Else the first one, but never to send ahead (``short_and_free``):
+        the worker asks again when it gets there.
+        """
         if self.aborted is not None:
             return None
         holder = None if replacing is None else replacing.id
+        near = None if worker is None else worker.module()
+        avoid = set() if worker is None else {w.module() for w in self._workers.values() if w is not worker}
         claims: list[Requirement] = []
+        first: int | None = None
+        fresh: int | None = None
         for index, task in enumerate(self.queues.ready):
+            if first is not None:
+                head = self.queues.ready[first]
+                if index - first > NEAR_LOOKAHEAD or task.group != head.group:
+                    break
             requirement = task.requirement
             if short_and_free and not _short_and_free(task):
                 if requirement.serial:
-                    return None  # nothing may pass a waiting serial task
+                    break  # nothing may pass a waiting serial task
                 continue
             if any(_claim_blocks(c, requirement) for c in claims):
                 continue
             if self.table.can_grant(requirement, replacing=holder):
-                del self.queues.ready[index]
-                return task
+                module = _module(task)
+                if worker is None or module == near:
+                    return self.queues.ready.pop(index)
+                if first is None:
+                    first = index
+                if fresh is None and module not in avoid:
+                    fresh = index
+                continue
             if requirement.serial:
-                return None  # nothing may pass a waiting serial task
+                break  # nothing may pass a waiting serial task
             claims.append(requirement)
-        return None
+        chosen = fresh if fresh is not None or short_and_free else first
+        return None if chosen is None else self.queues.ready.pop(chosen)
 
     def _dispatch(self, task: Task, worker: _Worker, now: float, replacing: Task | None) -> Grant:
         task.grant = self.table.grant(task.id, task.requirement, None if replacing is None else replacing.id)
@@ -590,6 +634,11 @@ class StateMachine:
         task.reason = reason
         task.detail = detail
         self.queues.finished.append(task)
+
+
+def _module(task: Task) -> str:
+    """Return the file part of a task's node id (all of it without ``::``)."""
+    return task.name.partition("::")[0]
 
 
 def _short_and_free(task: Task) -> bool:

@@ -180,9 +180,11 @@ def make_machine(
     plans: Sequence[Plan],
     workers: int,
     capacities: dict[str, int] | None = None,
+    names: Sequence[str] | None = None,
     **kwargs: float | int | None,
 ) -> tuple[StateMachine, SimSpawner]:
-    tasks = [Task(i, f"t{i}", req) for i, req in enumerate(requirements)]
+    names = names or [f"t{i}" for i in range(len(requirements))]
+    tasks = [Task(i, name, req) for i, (name, req) in enumerate(zip(names, requirements, strict=True))]
     spawner = SimSpawner(dict(enumerate(plans)))
     sm = StateMachine(
         tasks,

@@ -271,6 +271,37 @@ def test_tiny_free_tasks_are_sent_ahead_in_batches() -> None:
     assert sm.table.is_empty()
 
 
+@pytest.mark.parametrize(("db", "prefetch"), [(True, False), (False, True)])
+def test_a_worker_finishes_its_module_before_the_next_ones_first_test(db: bool, prefetch: bool) -> None:
+    """The first test of each module carries the module's fixtures in its
+    estimate; longest-first alone would run every module's first test, then
+    come back to each module, setting its fixtures up again every time.  On
+    an exclusive resource every visit lies on the chain of its holds."""
+    modules, per_module = 4, 6
+    names = [f"test_m{m}.py::test_{k}" for m in range(modules) for k in range(per_module)]
+    estimates = [0.3 if name.endswith("::test_0") else 0.01 for name in names]
+    requirement = needs(Request("db", EX)) if db else needs()
+    sm, sim = make_machine(
+        [requirement] * len(names),
+        [Plan(body=seconds) for seconds in estimates],
+        workers=2,
+        names=names,
+        prefetch=prefetch,
+    )
+    for task, seconds in zip(sm.queues.requested, estimates, strict=True):
+        task.estimate = seconds
+    sim.run(sm)
+    assert [t.reason for t in sm.finished] == [Reason.COMPLETED] * len(names)
+    visits = []  # each is one set-up of a module's fixtures
+    for worker in ("gw0", "gw1"):
+        held = sorted((i for i in sim.intervals if i.worker == worker), key=lambda i: i.start)
+        ran = [names[i.task].partition("::")[0] for i in held]
+        visits.extend(module for k, module in enumerate(ran) if k == 0 or module != ran[k - 1])
+    # each module set up once, but for one that the other worker joins at
+    # the end, when no module is left to itself (longest-first alone: 8)
+    assert len(visits) <= modules + 1, visits
+
+
 def test_a_task_sent_ahead_goes_back_to_the_queue_when_its_worker_dies() -> None:
     reqs = [needs()] * 3
     plans = [Plan(body=0.01, crash=True), Plan(body=0.01), Plan(body=0.01)]
