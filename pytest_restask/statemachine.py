@@ -186,8 +186,9 @@ SHORT = 0.05
 AHEAD_TASKS = 256
 AHEAD_SECONDS = 0.2
 #: How far past the first task that could start a worker looks for one of
-#: its own module (see :meth:`StateMachine._pick`): enough to pass the
-#: first tests of other modules, few enough to cost nothing per pick.
+#: its own module or of a module nobody is in (see
+#: :meth:`StateMachine._pick`): enough to pass the first tests of other
+#: modules, few enough that a pick stays a few microseconds.
 NEAR_LOOKAHEAD = 64
 
 
@@ -206,15 +207,16 @@ def prioritize(tasks: Sequence[Task], table: LockTable, workers: int) -> list[Ta
        users follow one after another, each handed over to the next;
     3. free tasks last: they fill whatever worker the rest leaves idle;
     4. within each of these, longer tasks first, by estimates rounded to
-       powers of two, from :data:`SHORT` seconds up, so that tests of similar
-       length keep collection order (and a worker keeps its module's
-       fixtures more often): timing noise never reorders quick tests.
-       Within the group of 1-3 a worker still prefers its own module's
-       tests when it hands over (see :meth:`StateMachine._pick`).
+       powers of two (:func:`_length`), from :data:`SHORT` seconds up, so
+       that tests of similar length keep collection order (and a worker
+       keeps its module's fixtures more often): timing noise never reorders
+       quick tests.
 
-    A waiting task's claim keeps later conflicting tasks back (see
-    :meth:`StateMachine._pick`), so this order is also the order in which a
-    resource's users get it.
+    Each task's place but for its length is noted as its ``group``: within
+    a group a worker may take its own module's tests first, or a module
+    nobody is in (see :meth:`StateMachine._pick`).  A waiting task's claim
+    keeps later conflicting tasks back, so between groups this order is
+    also the order in which a resource's users get it.
     """
     load: dict[str, float] = {}
     for task in tasks:
@@ -222,7 +224,7 @@ def prioritize(tasks: Sequence[Task], table: LockTable, workers: int) -> list[Ta
             load[request.name] = load.get(request.name, 0.0) + _load(request, task.estimate, table, workers)
 
     def key(task: Task) -> tuple[int, float, int, int]:
-        length = -math.floor(math.log2(max(task.estimate, SHORT)))
+        length = _length(task)
         requests = task.requirement.requests
         if task.requirement.serial:
             return (0, 0.0, 0, length)
@@ -235,6 +237,11 @@ def prioritize(tasks: Sequence[Task], table: LockTable, workers: int) -> list[Ta
     for task in ordered:
         task.group = key(task)[:3]
     return ordered
+
+
+def _length(task: Task) -> int:
+    """Return a task's length class for ordering: longer tasks have smaller ones."""
+    return -math.floor(math.log2(max(task.estimate, SHORT)))
 
 
 def _load(request: Request, seconds: float, table: LockTable, workers: int) -> float:
@@ -281,6 +288,8 @@ class StateMachine:
         #: Why no further task may start, once ``abort`` was called.
         self.aborted: tuple[Reason, str] | None = None
         self._bootstrapped = False
+        #: How many ready tasks each module has (see _pick).
+        self._ready_in: collections.Counter[str] = collections.Counter()
 
     # -- queries -------------------------------------------------------------
 
@@ -357,6 +366,7 @@ class StateMachine:
                 runnable.append(task)
         self.queues.triaging.clear()
         self.queues.ready.extend(prioritize(runnable, self.table, len(self._workers)))
+        self._ready_in.update(_module(task) for task in runnable)
 
     def start(self, now: float) -> None:
         """Give every idle worker the next task that can be granted."""
@@ -558,33 +568,35 @@ class StateMachine:
             self._spawner.send_ahead(state.name, sent)
 
     def _pick(self, replacing: Task | None, short_and_free: bool = False, worker: _Worker | None = None) -> Task | None:
-        """Return the first ready task that can start now, honouring claims
-        (with ``short_and_free``: the first free one expected to be short).
+        """Return the ready task to start now: the first one that can be
+        granted, honouring claims (with ``short_and_free``: of the free ones
+        expected to be short), unless ``worker`` has a better one nearby.
 
-        For ``worker``, tasks of one priority group (see :func:`prioritize`)
-        trade places to keep modules together: the first test of a module
-        carries the module's fixtures in its estimate, so longest-first
-        alone sends a worker to every module's first test in turn, and every
-        worker into every module, each setting up the module's fixtures
-        again.  Among the next :data:`NEAR_LOOKAHEAD` tasks of the first
-        one's group, the worker takes a test of the module it is in (whose
-        fixtures it may keep), else one of a module no other worker is in.
-        Else the first one, but never to send ahead (``short_and_free``):
-        the worker asks again when it gets there.
+        The first test of a module carries the module's fixtures in its
+        estimate, so longest-first alone sends a worker to every module's
+        first test in turn, and every worker into every module, each setting
+        the module's fixtures up again.  So among the next
+        :data:`NEAR_LOOKAHEAD` tasks of the first one's group (see
+        :func:`prioritize`), ``worker`` takes a test of the module it is in,
+        whose fixtures it may keep; else one as long as the first (the same
+        :func:`_length`) of a module no other worker is in; else the first
+        one, but never to send ahead (``short_and_free``): the worker asks
+        when it gets there.  A task passed over stays first in the queue;
+        a worker that is not in its module takes it, so it waits at most
+        until every worker finished the module it was in.
         """
         if self.aborted is not None:
             return None
         holder = None if replacing is None else replacing.id
         near = None if worker is None else worker.module()
+        near_left = near is not None and self._ready_in[near] > 0
         avoid = set() if worker is None else {w.module() for w in self._workers.values() if w is not worker}
         claims: list[Requirement] = []
-        first: int | None = None
-        fresh: int | None = None
+        first: Task | None = None
+        first_index = fresh = -1
         for index, task in enumerate(self.queues.ready):
-            if first is not None:
-                head = self.queues.ready[first]
-                if index - first > NEAR_LOOKAHEAD or task.group != head.group:
-                    break
+            if first is not None and (index - first_index > NEAR_LOOKAHEAD or task.group != first.group):
+                break
             requirement = task.requirement
             if short_and_free and not _short_and_free(task):
                 if requirement.serial:
@@ -595,17 +607,25 @@ class StateMachine:
             if self.table.can_grant(requirement, replacing=holder):
                 module = _module(task)
                 if worker is None or module == near:
-                    return self.queues.ready.pop(index)
+                    return self._take(index)
                 if first is None:
-                    first = index
-                if fresh is None and module not in avoid:
+                    first, first_index = task, index
+                if fresh < 0 and module not in avoid and _length(task) == _length(first):
                     fresh = index
+                    if not near_left:
+                        break
                 continue
             if requirement.serial:
                 break  # nothing may pass a waiting serial task
             claims.append(requirement)
-        chosen = fresh if fresh is not None or short_and_free else first
-        return None if chosen is None else self.queues.ready.pop(chosen)
+        if fresh >= 0:
+            return self._take(fresh)
+        return None if first is None or short_and_free else self._take(first_index)
+
+    def _take(self, index: int) -> Task:
+        task = self.queues.ready.pop(index)
+        self._ready_in[_module(task)] -= 1
+        return task
 
     def _dispatch(self, task: Task, worker: _Worker, now: float, replacing: Task | None) -> Grant:
         task.grant = self.table.grant(task.id, task.requirement, None if replacing is None else replacing.id)
@@ -624,6 +644,7 @@ class StateMachine:
         del self.queues.started[task.id]
         task.worker = task.grant = task.started_at = None
         self.queues.ready.insert(0, task)
+        self._ready_in[_module(task)] += 1
         if self.aborted is not None:
             self.abort_queue(self.queues.ready, *self.aborted, now)
 

@@ -302,6 +302,27 @@ def test_a_worker_finishes_its_module_before_the_next_ones_first_test(db: bool, 
     assert len(visits) <= modules + 1, visits
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_keeping_to_modules_never_holds_back_the_longest_tests(prefetch: bool) -> None:
+    """Two tests of a minute in one module, and 30 modules of short tests:
+    longest first, each long test on its own worker, is 90 s; a worker that
+    took a module of short tests instead would leave both long tests to the
+    other worker, one after the other (120 s)."""
+    names = ["test_slow.py::test_a", "test_slow.py::test_b"]
+    names += [f"test_m{m}.py::test_{k}" for m in range(30) for k in range(20)]
+    estimates = [60.0, 60.0] + [0.1] * 600
+    sm, sim = make_machine(
+        [needs()] * len(names), [Plan(body=seconds) for seconds in estimates], workers=2, names=names, prefetch=prefetch
+    )
+    for task, seconds in zip(sm.queues.requested, estimates, strict=True):
+        task.estimate = seconds
+    sim.run(sm)
+    assert [t.reason for t in sm.finished] == [Reason.COMPLETED] * len(names)
+    slow = [t for t in sm.finished if t.name.startswith("test_slow.py")]
+    assert {t.worker for t in slow} == {"gw0", "gw1"}
+    assert max(t.finished_at or 0.0 for t in sm.finished) <= 90 + SimSpawner.startup + 1
+
+
 def test_a_task_sent_ahead_goes_back_to_the_queue_when_its_worker_dies() -> None:
     reqs = [needs()] * 3
     plans = [Plan(body=0.01, crash=True), Plan(body=0.01), Plan(body=0.01)]
