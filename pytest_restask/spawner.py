@@ -366,20 +366,15 @@ class ExecnetSpawner:
                 return False
             entries = _read_journal(process.journal)
             done = [(task_id, reports) for kind, task_id, reports in entries if kind == JOURNAL_DONE]
-            message = self._first_delivery(process, Dones(done))
-            if message is not None:
-                self._put(worker, process, Event(worker, message))
-        return message is not None
+            return self._deliver(worker, process, Dones(done))
 
     def _on_data(self, worker: str, process: _Process, data: object) -> None:
         if data is not _END:
-            message: Message | None = from_wire(data)
+            message = from_wire(data)
             if isinstance(message, (Done, Dones, Report)):
                 # in the order of the journal, against catch_up and _recover
                 with self._lock:
-                    message = self._first_delivery(process, message)
-                    if message is not None:
-                        self._put(worker, process, Event(worker, message))
+                    self._deliver(worker, process, message)
             else:
                 self._emit(worker, process, Event(worker, message))
             return
@@ -432,12 +427,18 @@ class ExecnetSpawner:
                 elif kind == JOURNAL_DONE:
                     in_teardown.pop(task_id, None)
                     done.append((task_id, reports))
-            message = self._first_delivery(process, Dones(done))
-            if message is not None:
-                self._put(worker, process, Event(worker, message))
+            self._deliver(worker, process, Dones(done))
             for task_id, reports in in_teardown.items():  # at most the last task
                 self._put(worker, process, Event(worker, AtTeardown(task_id, reports)))
             process.over = True
+
+    def _deliver(self, worker: str, process: _Process, message: Message) -> bool:
+        """Queue what of a Done, Dones or Report is new (see
+        :meth:`_first_delivery`); return whether anything was.  Call with the lock held."""
+        new = self._first_delivery(process, message)
+        if new is not None:
+            self._put(worker, process, Event(worker, new))
+        return new is not None
 
     def _first_delivery(self, process: _Process, message: Message) -> Message | None:
         """Return what of a Done, Dones or Report is new, noting it; call

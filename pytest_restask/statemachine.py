@@ -233,10 +233,10 @@ def prioritize(tasks: Sequence[Task], table: LockTable, workers: int) -> list[Ta
         top = max(requests, key=lambda request: load[request.name])
         return (1, -load[top.name], 0 if top.mode is Mode.SHARED else 1, length)
 
-    ordered = sorted(tasks, key=key)
-    for task in ordered:
-        task.group = key(task)[:3]
-    return ordered
+    keyed = sorted(((key(task), task) for task in tasks), key=lambda pair: pair[0])
+    for rank, task in keyed:
+        task.group = rank[:3]
+    return [task for _, task in keyed]
 
 
 def _length(task: Task) -> int:
@@ -593,7 +593,7 @@ class StateMachine:
         avoid = set() if worker is None else {w.module() for w in self._workers.values() if w is not worker}
         claims: list[Requirement] = []
         first: Task | None = None
-        first_index = fresh = -1
+        first_index = first_length = fresh = -1
         for index, task in enumerate(self.queues.ready):
             if first is not None and (index - first_index > NEAR_LOOKAHEAD or task.group != first.group):
                 break
@@ -609,8 +609,8 @@ class StateMachine:
                 if worker is None or module == near:
                     return self._take(index)
                 if first is None:
-                    first, first_index = task, index
-                if fresh < 0 and module not in avoid and _length(task) == _length(first):
+                    first, first_index, first_length = task, index, _length(task)
+                if fresh < 0 and module not in avoid and _length(task) == first_length:
                     fresh = index
                     if not near_left:
                         break

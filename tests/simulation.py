@@ -181,10 +181,16 @@ def make_machine(
     workers: int,
     capacities: dict[str, int] | None = None,
     names: Sequence[str] | None = None,
+    estimates: Sequence[float] | None = None,
     **kwargs: float | int | None,
 ) -> tuple[StateMachine, SimSpawner]:
+    """A machine and its simulated workers; ``estimates`` are the seconds an
+    earlier run measured (by default each task counts as never seen)."""
     names = names or [f"t{i}" for i in range(len(requirements))]
     tasks = [Task(i, name, req) for i, (name, req) in enumerate(zip(names, requirements, strict=True))]
+    if estimates is not None:
+        for task, seconds in zip(tasks, estimates, strict=True):
+            task.estimate = seconds
     spawner = SimSpawner(dict(enumerate(plans)))
     sm = StateMachine(
         tasks,

@@ -286,10 +286,9 @@ def test_a_worker_finishes_its_module_before_the_next_ones_first_test(db: bool, 
         [Plan(body=seconds) for seconds in estimates],
         workers=2,
         names=names,
+        estimates=estimates,
         prefetch=prefetch,
     )
-    for task, seconds in zip(sm.queues.requested, estimates, strict=True):
-        task.estimate = seconds
     sim.run(sm)
     assert [t.reason for t in sm.finished] == [Reason.COMPLETED] * len(names)
     visits = []  # each is one set-up of a module's fixtures
@@ -311,11 +310,9 @@ def test_keeping_to_modules_never_holds_back_the_longest_tests(prefetch: bool) -
     names = ["test_slow.py::test_a", "test_slow.py::test_b"]
     names += [f"test_m{m}.py::test_{k}" for m in range(30) for k in range(20)]
     estimates = [60.0, 60.0] + [0.1] * 600
-    sm, sim = make_machine(
-        [needs()] * len(names), [Plan(body=seconds) for seconds in estimates], workers=2, names=names, prefetch=prefetch
-    )
-    for task, seconds in zip(sm.queues.requested, estimates, strict=True):
-        task.estimate = seconds
+    plans = [Plan(body=seconds) for seconds in estimates]
+    requirements = [needs()] * len(names)
+    sm, sim = make_machine(requirements, plans, workers=2, names=names, estimates=estimates, prefetch=prefetch)
     sim.run(sm)
     assert [t.reason for t in sm.finished] == [Reason.COMPLETED] * len(names)
     slow = [t for t in sm.finished if t.name.startswith("test_slow.py")]
