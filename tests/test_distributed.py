@@ -20,13 +20,7 @@ from pytest_restask.resources import Mode, Request
 
 from . import suite
 from .processes import start_pytest
-
-RUN = ("-p", "restask")
-TIMEOUT = 120
-
-
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(*RUN, *args, timeout=TIMEOUT)
+from .runs import RUN, TIMEOUT, run
 
 
 def test_mixed_suite_never_overlaps_conflicting_tests(pytester: pytest.Pytester) -> None:

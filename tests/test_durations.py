@@ -8,7 +8,7 @@ import pytest
 
 from pytest_restask.durations import CACHE_KEY, DEFAULT_ESTIMATE, Durations
 
-from .test_distributed import run
+from .runs import run
 
 
 def test_estimates_use_the_mean_of_the_known_for_unknown_tests() -> None:

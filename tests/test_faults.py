@@ -18,7 +18,7 @@ import time
 import pytest
 
 from .processes import pids_in, start_pytest, survivors
-from .test_distributed import RUN, TIMEOUT, run
+from .runs import RUN, TIMEOUT, run
 
 # -- worker death outside a test ------------------------------------------------
 
