@@ -29,17 +29,20 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from typing import Any, Final, Literal, TextIO, TypeAlias, final
 
 import pytest
 
 from . import heap
+from .compat import CrashScheduler, WorkerNode
 from .durations import Durations
 from .messages import (
     SHARD_WORKERS_KEY,
     AtTeardown,
     Done,
     Dones,
+    Finished,
     Interrupted,
     Missing,
     Ready,
@@ -50,6 +53,7 @@ from .messages import (
     WorkerFailed,
     collection_digest,
     finished_at,
+    plain_dict,
 )
 from .plugin import Settings, declaration_error, declaration_of
 from .resources import LockTable
@@ -69,6 +73,7 @@ COLLECTION_DIFFERS: Final = (
     "{worker} collected different tests than the controller; make the collection deterministic "
     "(for example, no random values in parametrize ids)"
 )
+NOT_ENDED: Final = "it had not ended when the run's last test was done"
 KEYBOARD_TEXT: Final = "raised in {nodeid} on {worker} at {where}"
 STILL_HELD: Final = "restask internal error: resources still held after the run: {holders}; please report this"
 SUMMARY_TEXT: Final = (
@@ -115,8 +120,8 @@ class Controller:
         self._fields: dict[int, dict[str, Any]] = {}
         #: Tasks whose worker said they reached teardown.
         self._in_teardown: set[int] = set()
-        #: What a failing worker said before it ended, by worker.
-        self._worker_failures: dict[str, str] = {}
+        #: What failing workers said before they ended, and which said it.
+        self._worker_failures: dict[str, list[str]] = {}
         #: How a worker's collection differed from the controller's, by worker.
         self._collection_differences: dict[str, str] = {}
         #: The sorted node ids collected here, and their digest for the workers.
@@ -137,6 +142,14 @@ class Controller:
         self._spawner: ExecnetSpawner | None = None
         #: The terminal's output while the loop runs (see _PacedOutput).
         self._output: _PacedOutput | None = None
+        #: Workers whose current process said its session failed to start.
+        self._start_failed: set[str] = set()
+        #: Warnings workers raised as they ended, already shown: (module, class, text).
+        self._config_warnings: set[tuple[str, str, str]] = set()
+        #: The current process of each worker as plugins see it (pytest-xdist's hooks).
+        self._nodes: dict[str, WorkerNode] = {}
+        #: How many processes each worker name has had (for its --basetemp).
+        self._generations: collections.Counter[str] = collections.Counter()
 
     # -- hooks --------------------------------------------------------------------
 
@@ -229,6 +242,8 @@ class Controller:
             with self._paced_terminal():
                 self._loop(session, machine, spawner)
                 self._drain(spawner)
+            for worker in list(self._nodes):  # ended without a word, or not yet
+                self._node_down(worker, NOT_ENDED)
             completed = True
             heap.freeze(self._config)
         finally:
@@ -259,15 +274,18 @@ class Controller:
                 tests=len(self._logged), workers=self._workercount, wall=wall, busy=self._busy, ratio=self._busy / wall
             )
             terminalreporter.write_line(text)
-        for worker, text in sorted(self._worker_failures.items()):
-            terminalreporter.write_sep("-", f"worker {worker} failed outside a test", red=True)
+        for text, workers in self._worker_failures.items():
+            title = f"worker {workers[0]} failed outside a test"
+            if len(workers) > 1:
+                title += f" (the same on {_times(workers[1:])})"
+            terminalreporter.write_sep("-", title, red=True)
             terminalreporter.write_line(text.rstrip())
         for worker, text in sorted(self._collection_differences.items()):
             terminalreporter.write_sep("-", f"collection differs on {worker}", red=True)
             terminalreporter.write_line(text)
         if self._machine is not None:
             for line in self._machine.lost_outside_tests:
-                terminalreporter.write_line(f"restask: {line}; it was replaced", yellow=True)
+                terminalreporter.write_line(f"restask: {line}", yellow=True)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -323,17 +341,26 @@ class Controller:
             if isinstance(event.message, Report):
                 self._replay_reports(event.worker, event.message.task_id, event.message.reports)
             elif isinstance(event.message, WorkerFailed):
-                self._worker_failures[event.worker] = event.message.text
+                self._worker_failed(event.worker, event.message)
+            elif isinstance(event.message, Finished):
+                self._node_finished(event.worker, event.message)
+            elif event.message is None:
+                self._node_down(event.worker, event.cause)
 
     def _handle(self, event: Event, machine: StateMachine) -> None:
         now = self._clock()
         worker, message = event.worker, event.message
         if message is None:
-            machine.worker_died(worker, event.cause, now)
+            self._node_down(worker, event.cause)
+            machine.worker_died(worker, event.cause, now, start_failed=worker in self._start_failed)
+            self._start_failed.discard(worker)
+        elif isinstance(message, Finished):
+            self._node_finished(worker, message)
         elif isinstance(message, Ready):
             if message.nodeids:
                 self._collection_differed(worker, message.nodeids, machine)
             else:
+                self._node_ready(worker, message.pid)
                 machine.worker_ready(worker, now)
         elif isinstance(message, Report):
             self._replay_reports(worker, message.task_id, message.reports)
@@ -355,7 +382,7 @@ class Controller:
             )
             machine.task_done(worker, message.task_id, now)
         elif isinstance(message, WorkerFailed):
-            self._worker_failures[worker] = message.text
+            self._worker_failed(worker, message)
         elif isinstance(message, Interrupted):
             nodeid = self._items[message.task_id].nodeid
             if message.kind == "exit":
@@ -427,7 +454,13 @@ class Controller:
             elif task.reason in (Reason.CRASHED, Reason.TIMEOUT):
                 when = self._lost_phase(task.id)
                 text = LOST_TEXT.format(detail=task.detail, nodeid=task.name)
-                self._report_failure(task.worker or "", task.id, when, text)
+                sched = CrashScheduler(self._config, can_retry=machine.aborted is None)
+                self._report_failure(
+                    task.worker or "", task.id, when, text, sched if task.reason is Reason.CRASHED else None
+                )
+                if sched.pending:  # a plugin runs it again (pytest-rerunfailures)
+                    self._forget_attempt(task.id)
+                    machine.retry(task.id, self._clock())
 
     # -- replaying reports ---------------------------------------------------------
 
@@ -435,6 +468,8 @@ class Controller:
         fields = self._fields.get(task_id)
         if fields is None:  # one dict per task, shared by its reports
             fields = self._fields[task_id] = _item_fields(self._items[task_id])
+            # what pytest-xdist's reports carry (pytest-rerunfailures reads them)
+            fields.update(worker_id=worker, item_index=task_id, testrun_uid=self._testrunuid)
         for data in reports:
             if isinstance(data, list):  # a PlainPass
                 when, duration, start, stop = data
@@ -457,14 +492,30 @@ class Controller:
             self._replaying = None
         self._check_stop()
 
-    def _report_failure(self, worker: str, task_id: int, when: Phase, text: str) -> None:
-        """Report a test that failed outside pytest's reach, then close it."""
+    def _report_failure(
+        self, worker: str, task_id: int, when: Phase, text: str, crashed: CrashScheduler | None = None
+    ) -> None:
+        """Report a test that failed outside pytest's reach, then close it.
+
+        A crashed test's report goes through ``pytest_handlecrashitem``
+        first, as under pytest-xdist, with ``crashed`` as its scheduler.
+        """
         item = self._items[task_id]
         if when not in self._phases.get(task_id, {}):  # lost after its last report: nothing to add
-            self._replay(worker, task_id, _report(item, "failed", when, text))
+            report = _report(item, "failed", when, text)
+            if crashed is not None:
+                self._config.hook.pytest_handlecrashitem(crashitem=item.nodeid, report=report, sched=crashed)
+            self._replay(worker, task_id, report)
         if "teardown" not in self._phases[task_id]:
             self._replay(worker, task_id, _report(item, "passed", "teardown", None))
         self._log_finish(task_id)
+
+    def _forget_attempt(self, task_id: int) -> None:
+        """Forget what was replayed of a task's attempt: it runs again."""
+        self._logged.discard(task_id)
+        self._phases.pop(task_id, None)
+        self._fields.pop(task_id, None)
+        self._in_teardown.discard(task_id)
 
     def _lost_phase(self, task_id: int) -> Phase:
         """Return the phase a test was in when its worker was lost.
@@ -479,8 +530,14 @@ class Controller:
         return "call"
 
     def _replay_warning(self, message: WarningRecorded) -> None:
-        category = _warning_category(message.category_module, message.category_name)
-        warning = warnings.WarningMessage(category(message.message), category, message.filename, message.lineno)
+        if message.when == "config":  # raised as a worker ended: once, however many workers raise it
+            key = (message.category_module, message.category_name, message.message)
+            if key in self._config_warnings:
+                return
+            self._config_warnings.add(key)
+        instance = _rebuild_warning(message.category_module, message.category_name, message.message)
+        category = type(instance)
+        warning = warnings.WarningMessage(instance, category, message.filename, message.lineno)
         self._config.hook.pytest_warning_recorded.call_historic(
             kwargs={
                 "warning_message": warning,
@@ -514,22 +571,72 @@ class Controller:
         return self._items[task.id].nodeid, self._occurrence[task.id]
 
     def _setup_for(self, worker: str) -> Setup:
+        """Make a worker process's first message, and its node for the
+        plugins (``pytest_configure_node`` fills its ``workerinput``)."""
         params = self._config.invocation_params
+        self._generations[worker] += 1
         # the controller owns stopping and distribution; see worker.py
-        overrides = ["-n", "0", "--maxfail=0", "-W", _REWRITE_FILTER]
+        overrides = ["-n", "0", "--maxfail=0", "-W", _REWRITE_FILTER, f"--basetemp={self._basetemp(worker)}"]
         if self._config.pluginmanager.has_plugin("xdist"):
             overrides.append("--dist=no")
-        return Setup(
-            args=[*params.args, *overrides],
-            invocation_dir=str(params.dir),
-            workerinput={
-                "workerid": worker,
-                "workercount": self._workercount,
-                "testrunuid": self._testrunuid,
-                "mainargv": list(sys.argv),
-                SHARD_WORKERS_KEY: self._settings.shard_workers,
-            },
-        )
+        workerinput = {
+            "workerid": worker,
+            "workercount": self._workercount,
+            "testrunuid": self._testrunuid,
+            "mainargv": list(sys.argv),
+            SHARD_WORKERS_KEY: self._settings.shard_workers,
+        }
+        node = self._nodes[worker] = WorkerNode(worker, self._config, workerinput, self._settings.workers)
+        self._config.hook.pytest_configure_node(node=node)
+        args = [*params.args, *overrides]
+        return Setup(args=args, invocation_dir=str(params.dir), workerinput=plain_dict(workerinput))
+
+    def _basetemp(self, worker: str) -> Path:
+        """Return a worker process's ``--basetemp``: a folder of its own in
+        the run's one numbered ``pytest-N`` folder (or in ``--basetemp``),
+        as pytest-xdist does, so that pytest's retention keeps what it keeps
+        serially and no worker removes another's (or an earlier run's) folders.
+        A replacement gets a new folder: the one it replaces keeps the
+        ``tmp_path`` of the test that crashed."""
+        generation = self._generations[worker]
+        name = f"popen-{worker}" if generation == 1 else f"popen-{worker}-{generation}"
+        return run_basetemp(self._config) / name
+
+    # -- the nodes plugins see (pytest-xdist's hooks) ------------------------------
+
+    def _node_ready(self, worker: str, pid: int) -> None:
+        node = self._nodes[worker]
+        node.gateway.pid = pid
+        node.ready = True
+        self._config.hook.pytest_testnodeready(node=node)
+
+    def _node_finished(self, worker: str, message: Finished) -> None:
+        """A worker's session ended cleanly: its plugins' output is known."""
+        node = self._nodes.get(worker)
+        if node is not None and not node.down:
+            node.finished(dict(message.workeroutput))
+            self._node_down(worker, None)
+
+    def _node_down(self, worker: str, error: str | None) -> None:
+        """Tell plugins that a worker process that was ready ended, once."""
+        node = self._nodes.get(worker)
+        if node is not None and node.ready and not node.down:
+            node.down = True
+            self._config.hook.pytest_testnodedown(node=node, error=error)
+
+    def _worker_failed(self, worker: str, message: WorkerFailed) -> None:
+        """Keep what a worker said as it failed, for the summary (each text once)."""
+        self._worker_failures.setdefault(message.text, []).append(worker)
+        if message.boot:
+            self._start_failed.add(worker)
+
+
+def run_basetemp(config: pytest.Config) -> Path:
+    """Return this run's base temporary folder, made as pytest makes it
+    (the numbered ``pytest-N``, or ``--basetemp``).  pytest keeps its
+    ``TempPathFactory`` in the private ``config._tmp_path_factory``."""
+    factory: pytest.TempPathFactory = getattr(config, "_tmp_path_factory")  # noqa: B009 - private, see above
+    return factory.getbasetemp()
 
 
 #: Where the number of runnable tests of recent runs is kept, by selection.
@@ -659,11 +766,24 @@ class _PacedOutput:
         return getattr(self._file, name)
 
 
+def _times(workers: list[str]) -> str:
+    """Say which workers, and how often each: "gw1, gw0 (2 times)"."""
+    counts = collections.Counter(workers)
+    return ", ".join(name if n == 1 else f"{name} ({n} times)" for name, n in counts.items())
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
 
 
-def _warning_category(module: str, name: str) -> type[Warning]:
-    """Return a warning class by name, or UserWarning where it cannot be found."""
+def _rebuild_warning(module: str, name: str, text: str) -> Warning:
+    """Return a worker's warning as an instance of its class, from the text
+    it showed.  A class that cannot be found, or whose ``__init__`` does not
+    take the text alone, becomes a ``UserWarning`` that names it."""
     found = getattr(sys.modules.get(module), name, None)
-    return found if isinstance(found, type) and issubclass(found, Warning) else UserWarning
+    if isinstance(found, type) and issubclass(found, Warning):
+        try:
+            return found(text)
+        except Exception:  # a constructor of another signature: the fallback below
+            pass
+    return UserWarning(f"{module}.{name}: {text}")

@@ -36,6 +36,7 @@ __all__ = [
     "Collected",
     "Done",
     "Dones",
+    "Finished",
     "Interrupted",
     "Message",
     "Missing",
@@ -53,6 +54,7 @@ __all__ = [
     "journal_entry",
     "read_journal",
     "plain",
+    "plain_dict",
     "to_wire",
 ]
 
@@ -71,7 +73,7 @@ ITEM_FIELDS: Final = ("nodeid", "location", "keywords")
 JOURNAL_TEARDOWN: Final = "teardown"
 JOURNAL_DONE: Final = "done"
 #: Bumped whenever a message changes shape.
-PROTOCOL_VERSION: Final = 8
+PROTOCOL_VERSION: Final = 9
 
 Wire: TypeAlias = tuple[str, dict[str, Any]]
 #: A phase that passed with no output, properties or extra attributes:
@@ -281,6 +283,24 @@ class WorkerFailed(Message):
 
     name: ClassVar[str] = "worker_failed"
     text: str
+    #: It failed before it was ready for tests (configure, collection,
+    #: ``pytest_sessionstart``): ``text`` holds all it said, and the process
+    #: exits with pytest's exit code.
+    boot: bool = False
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class Finished(Message):
+    """The worker's pytest session ended; its last message.
+
+    ``workeroutput`` is ``config.workeroutput`` as plugins filled it (as
+    pytest-xdist sends it): the controller hands it to
+    ``pytest_testnodedown`` as ``node.workeroutput``.
+    """
+
+    name: ClassVar[str] = "finished"
+    workeroutput: dict[str, Any]
 
 
 @final
@@ -315,6 +335,7 @@ _MESSAGES: Final[dict[str, type[Message]]] = {
         Dones,
         Missing,
         WorkerFailed,
+        Finished,
         Interrupted,
     )
 }
@@ -403,6 +424,12 @@ def collection_digest(nodeids: Iterable[str]) -> str:
         digest.update(nodeid.encode("utf-8", "surrogatepass"))
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def plain_dict(value: dict[str, Any]) -> dict[str, Any]:
+    """Return a dict of plugins' values (``workerinput``, ``workeroutput``)
+    as builtins, by :func:`plain`."""
+    return {str(key): plain(item) for key, item in value.items()}
 
 
 def plain(value: object) -> object:

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
+from pathlib import Path
 from typing import Final, final
 
 import pytest
 
-from . import compat, durations, heap, holds
+from . import compat, durations, heap, holds, xdisthooks
 from .durations import Durations, DurationsRecorder
 from .messages import SHARD_WORKERS_KEY, WORKERINPUT_KEY
 from .resources import (
@@ -83,6 +85,18 @@ SERIAL_MARKER: Final = "serial: the test runs alone, with no other test at the s
 FAILFAST_REASON: Final = "stopping after the first failure (--failfast)"
 NOT_APPLY_TIMEOUT: Final = "--task-timeout applies only when tests run on workers (-n N); it is ignored here"
 PDB_CONFLICT: Final = "{flag} cannot be used with -n {n}: a debugger needs the test in this process; use -n 0"
+STEPWISE_CONFLICT: Final = (
+    "--sw/--stepwise cannot be used with -n {n}: stepwise resumes after the last failure in collection order, "
+    "which assumes that every test before it ran and passed, but a parallel run starts tests out of that order "
+    "and stops with tests before the failure not run; use -n 0 with --sw"
+)
+SPACE_FORM: Final = (
+    "{option} {value}: written as two words, {value!r} was taken for a test path when pytest chose the rootdir "
+    "and ini file (before plugins load), which moved the rootdir to {rootdir}; write {option}={value}"
+)
+#: restask's options that take a value: written as ``--opt VALUE``, pytest's
+#: first look at the command line (before plugins load) sees VALUE as a test path.
+VALUE_OPTIONS: Final = ("--durations-file", "--shard", "--task-timeout", "--max-worker-restart", "--numprocesses", "-n")
 
 TIMEOUT_MARKER: Final = (
     "timeout(seconds): end the test on its worker after this many seconds, setup to teardown, "
@@ -155,18 +169,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("restask_resources", RESOURCES_DESC, type="linelist", default=[])
 
 
-def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser) -> None:
-    """Add ``-n`` and ``--max-worker-restart`` unless pytest-xdist has them.
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> Generator[None, None, None]:
+    """Add ``-n`` and ``--max-worker-restart``, and pytest-xdist's hooks,
+    unless pytest-xdist has them.
 
     Not in ``pytest_addoption``: ``-p restask`` loads this plugin before
     the entry points, so whether xdist will be there is known only now,
     after every ``-p`` and entry-point plugin and before the full parse.
-    Also the first hook here to see the config, early enough to add the
-    clean-up pytest runs last (see :mod:`.heap`).
+    A wrapper, so that it runs before every plugin's own implementation:
+    pytest-cov decides here, from ``-n`` in the early parse, whether the run
+    is distributed.  Also the first hook here to see the config, early
+    enough to add the clean-up pytest runs last (see :mod:`.heap`).
     """
     heap.allow_freezing(early_config)
-    if _has_xdist(early_config.pluginmanager):
-        return
+    if not _has_xdist(early_config.pluginmanager):
+        early_config.pluginmanager.add_hookspecs(xdisthooks)
+        _add_worker_options(early_config, parser, args)
+    return (yield)
+
+
+def _add_worker_options(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
     group = parser.getgroup("restask")
     # pytest reserves lowercase short options for itself; -n is the
     # spelling users know from xdist, so it is added the way xdist does
@@ -187,6 +212,55 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
         default=None,
         help=MAX_RESTART_DESC,
     )
+    # the early parse ran before these options existed: give it their values
+    known = early_config.known_args_namespace
+    parsed = parser.parse_known_args(args)
+    for name in ("numprocesses", "maxworkerrestart"):
+        setattr(known, name, getattr(parsed, name))
+
+
+def _refuse_options_taken_for_paths(config: pytest.Config) -> None:
+    """Stop when a value of ours written as a separate word moved the rootdir.
+
+    pytest chooses the rootdir, and so the ini file, from the test paths of
+    its first look at the command line, before any plugin (and its options)
+    is loaded: in ``--durations-file ../d.json`` it sees ``../d.json`` as a
+    test path, and the rootdir becomes the common ancestor of it and the
+    real test paths, where the project's ini file (and its
+    ``restask_resources``) may no longer be found.  The full parse later
+    knows the option, so what is collected looks right while the
+    configuration is silently another.  Taken as moved: the value names an
+    existing path outside the common ancestor of the real test paths (or of
+    the invocation directory, when none is given).
+    """
+    params = config.invocation_params
+    words = [str(arg) for arg in params.args]
+    real = [str(arg).split("::")[0] for arg in (config.getoption("file_or_dir", None) or [])]
+    paths = [params.dir / path for path in real if (params.dir / path).exists()] or [params.dir]
+    anchor = Path(os.path.commonpath([str(path.resolve()) for path in paths]))
+    for option, value in itertools.pairwise(words):
+        if option not in VALUE_OPTIONS or value.startswith("-"):
+            continue
+        path = (params.dir / value).resolve()
+        if path.exists() and _moves_rootdir(config, anchor, path):
+            raise pytest.UsageError(SPACE_FORM.format(option=option, value=value, rootdir=config.rootpath))
+
+
+#: Files whose presence makes a directory pytest's rootdir candidate.
+INI_NAMES: Final = ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
+
+
+def _moves_rootdir(config: pytest.Config, anchor: Path, value: Path) -> bool:
+    """Return whether a test path ``value`` beside those under ``anchor``
+    changed the rootdir: pytest looks for the ini file from the common
+    ancestor upwards, or takes that ancestor when there is none."""
+    if value.is_relative_to(anchor):
+        return False  # the common ancestor is the same
+    top = Path(os.path.commonpath([str(anchor), str(value)]))
+    if config.inipath is None:
+        return True  # the rootdir is the common ancestor, which moved up
+    below = [anchor, *(parent for parent in anchor.parents if parent.is_relative_to(top) and parent != top)]
+    return any((directory / name).is_file() for directory in below for name in INI_NAMES)
 
 
 @final
@@ -284,9 +358,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.collectonly = True  # a plan runs nothing
     settings = Settings(config)
     if _is_restask_worker(config):
+        if not _has_xdist(config.pluginmanager):
+            compat.enable_plugins_xdist_support(config)
         if settings.shard is not None:  # the same split as the controller's, or the collections differ
             config.pluginmanager.register(ShardSelection(config, settings, durations.load(config)), "restask.shard")
         return
+    _refuse_options_taken_for_paths(config)
     recorder = DurationsRecorder(config, save=settings.shard is None)
     config.pluginmanager.register(recorder, "restask.durations")
     if settings.shard is not None:
@@ -299,6 +376,10 @@ def pytest_configure(config: pytest.Config) -> None:
     for flag, used in (("--pdb", config.getoption("usepdb")), ("--trace", config.getoption("trace"))):
         if used:
             raise pytest.UsageError(PDB_CONFLICT.format(flag=flag, n=settings.workers))
+    if config.getoption("stepwise", False) or config.getoption("stepwise_skip", False):
+        raise pytest.UsageError(STEPWISE_CONFLICT.format(n=settings.workers))
+    if not _has_xdist(config.pluginmanager):
+        compat.enable_plugins_xdist_support(config)
     # pytest-xdist is installed and -p restask was named: its session steps
     # aside, whether its own (also trylast) configure ran before ours or not
     for name in ("dsession", "terminaldistreporter"):

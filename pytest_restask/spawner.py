@@ -94,6 +94,8 @@ class Event:
 @dataclass(eq=False)
 class _Process:
     generation: int
+    #: Its first message (made when it was asked for).
+    setup: Setup | None = None
     gateway: execnet.Gateway | None = None
     channel: execnet.Channel | None = None
     popen: subprocess.Popen[bytes] | None = None
@@ -179,8 +181,12 @@ class ExecnetSpawner:
                 self._early.discard(worker)
                 return
             self._generations += 1
-            journal = os.path.join(self._journals, f"{worker}.{self._generations}.journal")
-            process = self._processes[worker] = _Process(self._generations, journal=journal)
+            generation = self._generations
+            journal = os.path.join(self._journals, f"{worker}.{generation}.journal")
+        # made here, on the controller's thread: it calls plugins' hooks
+        setup = self._setup_for(worker)
+        with self._lock:
+            process = self._processes[worker] = _Process(generation, setup=setup, journal=journal)
             self._waiting.append((worker, process))
         self._boot_next()
 
@@ -338,8 +344,8 @@ class ExecnetSpawner:
             with self._lock:  # against collected(): the digest goes in the setup or after it
                 cancelled = process.cancelled
                 if not cancelled:
-                    setup = self._setup_for(worker)
-                    setup = dataclasses.replace(setup, journal=process.journal)
+                    assert process.setup is not None
+                    setup = dataclasses.replace(process.setup, journal=process.journal)
                     if self._digest is None:
                         setup = dataclasses.replace(setup, collection_follows=True)
                     else:

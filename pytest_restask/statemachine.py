@@ -39,16 +39,21 @@ parameter, so it is tested with a fake spawner and a fake clock.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, final
+from typing import Final, Protocol, final
 
 from .resources import FREE, Grant, LockTable, Mode, Request, Requirement
 
 __all__ = ["Reason", "Spawner", "StateMachine", "Task", "WorkerPhase"]
+
+
+#: Why the run stopped when no worker could start.
+EVERY_WORKER_FAILED: Final = "every worker failed to start (see 'failed outside a test' above); fix that and run again"
 
 
 @final
@@ -285,6 +290,10 @@ class StateMachine:
         self.restarts = 0
         #: Workers that ended while running no task, and why (for the summary).
         self.lost_outside_tests: list[str] = []
+        #: Workers whose process ended before it was ready, and whether any
+        #: worker ever was: when every worker failed to start, the run stops.
+        self._boot_failures: set[str] = set()
+        self._ever_ready = False
         #: Why no further task may start, once ``abort`` was called.
         self.aborted: tuple[Reason, str] | None = None
         self._bootstrapped = False
@@ -403,6 +412,7 @@ class StateMachine:
         state = self._workers[worker]
         assert state.phase is WorkerPhase.STARTING, (worker, state.phase)
         state.phase = WorkerPhase.IDLE
+        self._ever_ready = True
         self.start(now)
 
     def reached_teardown(self, worker: str, task_id: int, now: float) -> None:
@@ -450,8 +460,14 @@ class StateMachine:
                 state.phase = WorkerPhase.IDLE
         self.start(now)
 
-    def worker_died(self, worker: str, cause: str, now: float) -> None:
-        """A worker process ended unexpectedly (or as we asked, when killing it)."""
+    def worker_died(self, worker: str, cause: str, now: float, start_failed: bool = False) -> None:
+        """A worker process ended unexpectedly (or as we asked, when killing it).
+
+        ``start_failed``: its pytest session ended before it was ready, with
+        an error of its own (configure, collection, ``pytest_sessionstart``),
+        not a crash: when that happened to every worker and none was ever
+        ready, replacing them would fail again, and the run stops.
+        """
         state = self._workers[worker]
         if state.phase is WorkerPhase.GONE:
             return
@@ -462,10 +478,13 @@ class StateMachine:
                 reason, detail = kill_reason, kill_detail
             else:  # the killed task finished just before; the next one is lost with the worker
                 detail = f"worker {worker} was ended because {killed_for.name} ran too long"
+        lost = ""  # what the summary says of a worker that ended outside a test
         if state.running is not None:
             self._finish(state.running, now, reason, detail)
         elif state.kill_reason is None and state.phase is not WorkerPhase.KILLING:
-            self.lost_outside_tests.append(f"worker {worker} ended outside a test: {cause}")
+            lost = f"worker {worker} {'failed to start' if start_failed else 'ended outside a test'}: {cause}"
+        if start_failed:
+            self._boot_failures.add(worker)
         for task in reversed(state.queued):  # back to the front, in their order
             self._requeue(task, now)
         state.queued.clear()
@@ -474,18 +493,49 @@ class StateMachine:
         state.told_nothing = False
         if self.done or self.aborted is not None:
             state.phase = WorkerPhase.GONE
+            self._tell_lost(lost, "")
             return
-        self.restarts += 1
-        if self.restarts > self._max_restarts:
+        if not self._ever_ready and self._boot_failures >= self._workers.keys():
+            # the same start-up fails everywhere: replacing would fail again
             state.phase = WorkerPhase.GONE
+            self._tell_lost(lost, "not replaced")
+            self.abort(Reason.ABORTED, EVERY_WORKER_FAILED, now)
+            return
+        if self.restarts >= self._max_restarts:
+            state.phase = WorkerPhase.GONE
+            self._tell_lost(lost, "not replaced")
             self.abort(
                 Reason.ABORTED,
                 f"worker restart limit reached ({self._max_restarts}, see --max-worker-restart)",
                 now,
             )
             return
+        self.restarts += 1
+        self._tell_lost(lost, "it was replaced")
         state.phase = WorkerPhase.STARTING
         self._spawner.start_worker(worker)
+
+    def _tell_lost(self, line: str, outcome: str) -> None:
+        """Note a worker that ended outside a test, and what followed, for the summary."""
+        if line:
+            self.lost_outside_tests.append(f"{line}; {outcome}" if outcome else line)
+
+    def retry(self, task_id: int, now: float) -> bool:
+        """Run a task that finished as crashed again (a plugin asked for it,
+        see :class:`~.compat.CrashScheduler`): a new attempt at the front of
+        the ready queue, the crashed one stays finished.  Return whether it
+        will run (not once the run was aborted)."""
+        if self.aborted is not None:
+            return False
+        crashed = next(task for task in reversed(self.queues.finished) if task.id == task_id)
+        assert crashed.reason is Reason.CRASHED, crashed
+        task = dataclasses.replace(
+            crashed, worker=None, grant=None, started_at=None, finished_at=None, reason=None, detail=""
+        )
+        self.queues.ready.insert(0, task)
+        self._ready_in[_module(task)] += 1
+        self.start(now)
+        return True
 
     def overdue(self, now: float) -> list[str]:
         """Return the workers whose task has run past its time limit."""

@@ -65,8 +65,8 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
-from typing import Any, Final, Protocol, final
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, Final, Protocol, TextIO, final
 
 import pytest
 
@@ -82,6 +82,7 @@ from pytest_restask.messages import (
     Collected,
     Done,
     Dones,
+    Finished,
     Interrupted,
     Message,
     Missing,
@@ -98,6 +99,7 @@ from pytest_restask.messages import (
     from_wire,
     journal_entry,
     plain,
+    plain_dict,
     to_wire,
 )
 
@@ -125,8 +127,11 @@ class WorkerSession:
         collection: str = "",
         collection_follows: bool = False,
         journal: str = "",
+        boot_log: _BootLog | None = None,
     ) -> None:
         self._channel = channel
+        #: What pytest wrote to stderr before the session started.
+        self._boot_log = boot_log
         #: Done messages held back to go together (none without a journal).
         self._held = _HeldDones(self._send_wire, journal) if journal else None
         #: The controller's :func:`~.messages.collection_digest`.
@@ -135,6 +140,13 @@ class WorkerSession:
         self._collection_follows = collection_follows
         #: Set on ``config`` before any other plugin configures.
         self._workerinput = workerinput
+        #: ``config.workeroutput``: what plugins send back (see :class:`~.messages.Finished`).
+        self.workeroutput: dict[str, Any] = {}
+        #: An internal error before the session was ready, for the boot failure.
+        self.boot_error = ""
+        #: What a rerun of the current task (pytest-rerunfailures) ends at
+        #: each teardown after the first: the same as the first's answer.
+        self._teardown_target: pytest.Item | pytest.Session | None = None
         #: Collected items by node id (a list: ids may repeat).
         self._items: dict[str, list[pytest.Item]] = {}
         #: The task being run: (task id, item), and whether it asked for its next.
@@ -220,13 +232,34 @@ class WorkerSession:
 
     # -- pytest hooks -------------------------------------------------------------
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_load_initial_conftests(self, early_config: pytest.Config) -> Generator[None, None, None]:
+        # the xdist-compatible surface, before any conftest or plugin
+        # configures (as pytest-xdist sets it): junitxml, the cache and others
+        # skip their controller-only work where ``config.workerinput`` exists,
+        # pytest-metadata fills ``config.workeroutput`` in a tryfirst configure
+        setattr(early_config, "workerinput", self._workerinput)  # noqa: B010 - not declared on Config
+        setattr(early_config, "workeroutput", self.workeroutput)  # noqa: B010
+        self._config = early_config
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_unconfigure(self, config: pytest.Config) -> Generator[None, None, None]:
+        """Send the warnings plugins raise as the worker ends to the controller,
+        for its warnings summary (pytest-benchmark warns there that it is
+        disabled under a parallel run); Python would print them in the
+        middle of the controller's progress line."""
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            try:
+                return (yield)
+            finally:
+                for record in records:
+                    self._send_warning(record, "config", "", None)
+
     @pytest.hookimpl(tryfirst=True)
-    def pytest_configure(self, config: pytest.Config) -> None:
-        # the xdist-compatible surface: junitxml, the cache and others skip
-        # their controller-only work where ``config.workerinput`` exists
-        setattr(config, "workerinput", self._workerinput)  # noqa: B010 - not declared on Config
-        setattr(config, "workeroutput", {})  # noqa: B010
-        self._config = config
+    def pytest_sessionfinish(self, exitstatus: int) -> None:
+        self.workeroutput["exitstatus"] = int(exitstatus)  # as pytest-xdist's workers
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         _quiet_terminal(session.config)
@@ -235,13 +268,22 @@ class WorkerSession:
         if session.config.getoption("capture") == "no":
             sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
 
-    def pytest_internalerror(self, excrepr: object) -> None:
+    def pytest_internalerror(self, excrepr: object) -> bool | None:
         # pytest prints it to stdout, which execnet points at /dev/null
-        self.send(WorkerFailed(f"INTERNALERROR on the worker:\n{excrepr}"))
+        text = f"INTERNALERROR on the worker:\n{excrepr}"
+        if self.started:
+            self.send(WorkerFailed(text))
+            return None
+        # told once, with the rest of the boot failure (see serve); True:
+        # pytest need not print it to stderr as well
+        self.boot_error += text + "\n"
+        return True
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         self._session = session
+        if self._boot_log is not None:
+            self._boot_log.start()
         # a plugin that serializes reports its own way gets every report whole
         # (asked now: conftests of subdirectories registered during collection)
         implementations = session.config.hook.pytest_report_to_serializable.get_hookimpls()
@@ -271,7 +313,10 @@ class WorkerSession:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
         __tracebackhide__ = True  # a fixture's teardown error shows the fixture, as serially
-        if self._current is None or self._current[1] is not item or self._asked:
+        if self._current is None or self._current[1] is not item:
+            return
+        if self._asked:  # a rerun of the same test: end what its first teardown ended
+            _teardown_to(item.session, self._teardown_target)
             return
         self._ask_and_tear_down(self._current[0], item)
 
@@ -298,11 +343,17 @@ class WorkerSession:
             target = None if answer.final else item.session
         elif answer.keep_fixtures:
             target = self._lookup(answer) or item.session
+        self._teardown_target = target
         _teardown_to(item.session, target)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self._current is None:
             return
+        if report.when == "call" and report.passed and self._config is not None:
+            # plugins settle a call's outcome where the terminal asks for its
+            # status, which it does not here: pytest 9's subtests fails a
+            # test that passed with failed subtests
+            self._config.hook.pytest_report_teststatus(report=report, config=self._config)
         # sent with the next AtTeardown or Done, for fewer messages; a failure
         # at once, for the failure limit and so that a crash cannot lose it
         self._reports.append(self._serialize(report))
@@ -331,6 +382,15 @@ class WorkerSession:
     ) -> None:
         if when != "runtest":
             return  # the controller configured and collected too, and warned itself
+        self._send_warning(warning_message, when, nodeid, location)
+
+    def _send_warning(
+        self,
+        warning_message: warnings.WarningMessage,
+        when: str,
+        nodeid: str,
+        location: tuple[str, int, str] | None,
+    ) -> None:
         category = warning_message.category or UserWarning
         self.send(
             WarningRecorded(
@@ -561,20 +621,90 @@ def serve(channel: Channel) -> None:
     os.chdir(setup.invocation_dir)
     os.environ.update(_environment(setup.workerinput))
     workerinput = dict(setup.workerinput, **{WORKERINPUT_KEY: PROTOCOL_VERSION})
-    session = WorkerSession(channel, workerinput, setup.collection, setup.collection_follows, setup.journal)
+    boot_log = _BootLog(sys.stderr)
+    sys.stderr = boot_log
+    session = WorkerSession(
+        channel, workerinput, setup.collection, setup.collection_follows, setup.journal, boot_log=boot_log
+    )
     try:
         code = pytest.main(setup.args, plugins=[session])
     except BaseException:
-        channel.send(to_wire(WorkerFailed(traceback.format_exc())))
+        channel.send(to_wire(WorkerFailed(boot_log.text() + traceback.format_exc(), boot=not session.started)))
         raise
+    finally:
+        boot_log.release()
     if not session.started:
-        channel.send(to_wire(WorkerFailed(f"pytest ended before running tests (exit code {int(code)})")))
+        # told once, in full: what pytest printed and the internal error
+        said = session.boot_error + boot_log.text()
+        text = f"{said.rstrip()}\npytest ended before running tests (exit code {int(code)})".lstrip()
+        channel.send(to_wire(WorkerFailed(text, boot=True)))
+        sys.stdout.flush()
+        os._exit(int(code))  # the controller names the exit code pytest gave
+    channel.send(to_wire(Finished(plain_dict(session.workeroutput))))
     sys.stdout.flush()
     # Nothing more runs here but the interpreter's exit, which looks through
     # every object for garbage: about a second with 10,000 collected tests,
     # and the controller waits for it.  Frozen objects are not looked at.
     if hasattr(gc, "freeze"):  # not on PyPy
         gc.freeze()
+
+
+@final
+class _BootLog:
+    """``sys.stderr`` until the session is ready for tests.
+
+    pytest writes a usage error or a conftest's import error to
+    ``sys.stderr``; on a worker that is the controller's terminal, and every
+    replacement would write it again.  Until the session starts, what is
+    written is kept here: a worker that fails to start sends it with its
+    failure (shown once by the controller); one that starts writes it out.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._parts: list[str] = []
+        self._released = False
+        #: Warnings Python would print meanwhile (a plugin's ``warnings.warn``
+        #: in ``pytest_configure``): the controller configured the same
+        #: plugins and showed them, so they are told only in a failure.
+        self._warnings: list[str] = []
+        self._showwarning = warnings.showwarning
+        warnings.showwarning = self._show_warning
+
+    def _show_warning(self, *args: Any, **kwargs: Any) -> None:
+        self._warnings.append(warnings.formatwarning(*args[:5]))
+
+    def write(self, text: str) -> int:
+        if self._released:
+            return self._stream.write(text)
+        self._parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._released:
+            self._stream.flush()
+
+    def text(self) -> str:
+        """Return what was kept, warnings first."""
+        return "".join(self._warnings + self._parts)
+
+    def release(self) -> None:
+        """Pass on what comes (what was kept is not written)."""
+        self._released = True
+        if warnings.showwarning == self._show_warning:
+            warnings.showwarning = self._showwarning
+        if sys.stderr is self:
+            sys.stderr = self._stream
+
+    def start(self) -> None:
+        """The session is ready: what was kept was no failure; write it out."""
+        if not self._released:
+            self._stream.write("".join(self._parts))
+            self._parts.clear()
+            self.release()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 #: Seconds between two looks at whether the controller still lives.

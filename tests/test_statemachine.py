@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_restask.resources import LockTable, Mode, Request, Requirement, merge_requests
-from pytest_restask.statemachine import AHEAD_TASKS, Reason, StateMachine, Task, WorkerPhase
+from pytest_restask.statemachine import AHEAD_TASKS, EVERY_WORKER_FAILED, Reason, StateMachine, Task, WorkerPhase
 
 from .simulation import Plan, SimSpawner, conflicts, make_machine
 
@@ -149,10 +149,74 @@ def test_a_worker_lost_outside_a_test_is_recorded_and_replaced() -> None:
     sm.step(0.0)
     sm.worker_died("gw0", "exit code 5", 0.1)  # while it was collecting
     assert sm.phase("gw0") is WorkerPhase.STARTING
-    assert sm.lost_outside_tests == ["worker gw0 ended outside a test: exit code 5"]
+    assert sm.lost_outside_tests == ["worker gw0 ended outside a test: exit code 5; it was replaced"]
     sim.run(sm)
     assert [t.reason for t in sm.finished] == [Reason.COMPLETED] * 2
     assert sm.restarts == 1
+
+
+@pytest.mark.parametrize("limit", [0, 1, 3])
+def test_replacements_stop_at_the_limit_and_say_so(limit: int) -> None:
+    sm, _ = make_machine([needs()], [Plan()], workers=1, max_restarts=limit)
+    sm.step(0.0)
+    for when in range(limit + 1):  # each replacement dies too, while collecting
+        sm.worker_died("gw0", "exit code 5", 0.1 * (when + 1))
+    assert sm.restarts == limit
+    replaced = [line for line in sm.lost_outside_tests if line.endswith("; it was replaced")]
+    assert len(replaced) == limit
+    assert sm.lost_outside_tests[-1].endswith("; not replaced")
+    assert sm.aborted is not None
+    assert "worker restart limit reached" in sm.aborted[1]
+    assert sm.done  # the task was finished as not run
+
+
+def test_a_start_failure_on_every_worker_stops_the_run_at_once() -> None:
+    sm, _ = make_machine([needs()] * 4, [Plan()] * 4, workers=2, max_restarts=8)
+    sm.step(0.0)
+    sm.worker_died("gw0", "exit code 3", 0.1, start_failed=True)
+    assert sm.aborted is None  # gw1 may still start
+    assert sm.phase("gw0") is WorkerPhase.STARTING  # replaced
+    sm.worker_died("gw1", "exit code 3", 0.2, start_failed=True)
+    assert sm.aborted == (Reason.ABORTED, EVERY_WORKER_FAILED)
+    assert sm.restarts == 1
+    assert sm.lost_outside_tests == [
+        "worker gw0 failed to start: exit code 3; it was replaced",
+        "worker gw1 failed to start: exit code 3; not replaced",
+    ]
+
+
+def test_a_start_failure_after_a_worker_was_ready_is_replaced() -> None:
+    """One worker's failure to start, once another has run tests, is that
+    worker's trouble (a port taken, say): it is replaced as a crash is."""
+    sm, _ = make_machine([needs()] * 4, [Plan()] * 4, workers=2, max_restarts=8)
+    sm.step(0.0)
+    sm.worker_ready("gw0", 0.5)
+    sm.worker_died("gw1", "exit code 3", 0.6, start_failed=True)
+    sm.worker_died("gw1", "exit code 3", 0.7, start_failed=True)
+    assert sm.aborted is None
+    assert sm.restarts == 2
+
+
+def test_a_crashed_task_runs_again_when_a_plugin_asks() -> None:
+    reqs = [needs(Request("db", EX))] * 3
+    sm, sim = make_machine(reqs, [Plan(), Plan(crash=True), Plan()], workers=2, max_restarts=8)
+    sim.run(sm, until=3.0)
+    crashed = next(t for t in sm.finished if t.reason is Reason.CRASHED)
+    sim.plans[crashed.id] = Plan()  # the second attempt passes
+    assert sm.retry(crashed.id, sim.now)
+    sim.run(sm)
+    attempts = [(t.id, t.reason) for t in sm.finished if t.id == crashed.id]
+    assert attempts == [(crashed.id, Reason.CRASHED), (crashed.id, Reason.COMPLETED)]
+    assert sm.table.is_empty()
+    assert conflicts(sim.intervals, reqs) == []
+
+
+def test_no_task_runs_again_once_the_run_was_aborted() -> None:
+    sm, sim = make_machine([needs()] * 2, [Plan(crash=True), Plan()], workers=1, max_restarts=0)
+    sim.run(sm)
+    crashed = next(t for t in sm.finished if t.reason is Reason.CRASHED)
+    assert not sm.retry(crashed.id, sim.now)
+    assert sm.done
 
 
 def test_shutdown_ends_a_worker_still_starting() -> None:

@@ -1,0 +1,81 @@
+"""A worker that cannot start, and what a user sees of it: the error once,
+its real exit code, and a run that stops instead of replacing in a loop."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_restask.statemachine import EVERY_WORKER_FAILED
+
+from .runs import run
+
+FAILING_SESSIONSTART = """
+import os
+def pytest_sessionstart(session):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        raise RuntimeError("no database on workers")
+"""
+
+FAILING_CONFIGURE = """
+import os
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        raise ValueError("a plugin that breaks on workers")
+"""
+
+
+def _replaced(result: pytest.RunResult) -> int:
+    return sum("; it was replaced" in line for line in result.stdout.lines)
+
+
+@pytest.mark.parametrize(
+    ("conftest", "error"),
+    [(FAILING_SESSIONSTART, "RuntimeError: no database on workers"), (FAILING_CONFIGURE, "ValueError: a plugin*")],
+    ids=["sessionstart", "configure"],
+)
+@pytest.mark.parametrize("limit", [0, 1, 8])
+def test_a_boot_failure_is_shown_once_and_stops_the_run(
+    pytester: pytest.Pytester, conftest: str, error: str, limit: int
+) -> None:
+    pytester.makeconftest(conftest)
+    pytester.makepyfile("import pytest\n@pytest.mark.parametrize('i', range(4))\ndef test_x(i): pass\n")
+    result = run(pytester, "-n", "2", f"--max-worker-restart={limit}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes()  # nothing ran
+    text = result.stdout.str() + result.stderr.str()
+    # the traceback once, in the summary, whatever the number of workers and replacements
+    assert len(pytester_matches(text, error)) == 1
+    result.stdout.fnmatch_lines(["*worker gw? failed outside a test*", "*exit code 3*"])
+    result.stdout.fnmatch_lines(["*worker gw? failed to start: exit code 3*"])
+    assert _replaced(result) <= min(limit, 1)  # the second failure stops the run: every worker failed
+    if limit:
+        result.stdout.fnmatch_lines([f"*{EVERY_WORKER_FAILED}*"])
+    result.stdout.no_fnmatch_line("*INTERNALERROR>*")
+
+
+def pytester_matches(text: str, pattern: str) -> list[str]:
+    """The lines of ``text`` that match the glob ``pattern``."""
+    import fnmatch
+
+    return [line for line in text.splitlines() if fnmatch.fnmatch(line, pattern)]
+
+
+@pytest.mark.parametrize("limit", [0, 2])
+def test_replacements_never_exceed_the_limit(pytester: pytest.Pytester, limit: int) -> None:
+    """A worker that dies while collecting (a crash, not an error of pytest's)
+    is replaced, at most ``--max-worker-restart`` times."""
+    pytester.makeconftest(
+        """
+        import os
+        def pytest_collection_finish(session):
+            if os.environ.get("PYTEST_XDIST_WORKER"):
+                os._exit(5)
+        """
+    )
+    pytester.makepyfile("def test_x(): pass\n")
+    result = run(pytester, "-n", "1", f"--max-worker-restart={limit}")
+    assert _replaced(result) == limit
+    lines = [line for line in result.stdout.lines if "ended outside a test: exit code 5" in line]
+    assert len(lines) == limit + 1
+    assert lines[-1].endswith("; not replaced")
+    result.stdout.fnmatch_lines([f"*worker restart limit reached ({limit}, see --max-worker-restart)*"])
