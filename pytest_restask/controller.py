@@ -326,8 +326,9 @@ class Controller:
         """Report what workers say while they shut down.
 
         A worker ends the session fixtures it kept at shutdown; a teardown
-        error there arrives as a report of the last test it ran, and a
-        failing plugin as a worker failure.  Nothing else is expected now.
+        error there arrives as a report of the last test it ran, a failing
+        plugin as a worker failure, a plugin's warning as it ends as a
+        warning, and its end as :class:`~.messages.Finished`.
         """
         deadline = self._clock() + STOP_GRACE
         while True:
@@ -344,6 +345,8 @@ class Controller:
                 self._worker_failed(event.worker, event.message)
             elif isinstance(event.message, Finished):
                 self._node_finished(event.worker, event.message)
+            elif isinstance(event.message, WarningRecorded):  # raised as the worker ended
+                self._replay_warning(event.message)
             elif event.message is None:
                 self._node_down(event.worker, event.cause)
 

@@ -30,7 +30,7 @@ from typing import Final, final
 
 import pytest
 
-from . import compat, durations, heap, holds, xdisthooks
+from . import compat, cpus, durations, heap, holds, xdisthooks
 from .durations import Durations, DurationsRecorder
 from .messages import SHARD_WORKERS_KEY, WORKERINPUT_KEY
 from .resources import (
@@ -59,7 +59,9 @@ __all__ = [
 
 # Help texts, shared between options and ini keys.  Style as pytest's own:
 # start with a capital letter; a single phrase has no final period.
-NUMPROCESSES_DESC: Final = "Run the tests on N worker processes ('auto': one per CPU); 0 runs them in this process"
+NUMPROCESSES_DESC: Final = (
+    "Run the tests on N worker processes ('auto': one per CPU this process may use); 0 runs them in this process"
+)
 MAX_RESTART_DESC: Final = "Stop the run after this many worker replacements (default: 4 x the number of workers)"
 FAILFAST_DESC: Final = "Stop starting tests after the first failure; running tests finish and are reported"
 TIMEOUT_DESC: Final = (
@@ -85,6 +87,9 @@ SERIAL_MARKER: Final = "serial: the test runs alone, with no other test at the s
 FAILFAST_REASON: Final = "stopping after the first failure (--failfast)"
 NOT_APPLY_TIMEOUT: Final = "--task-timeout applies only when tests run on workers (-n N); it is ignored here"
 PDB_CONFLICT: Final = "{flag} cannot be used with -n {n}: a debugger needs the test in this process; use -n 0"
+AUTO_HOOK_ANSWER: Final = (
+    "pytest_xdist_auto_num_workers returned {answer!r} for -n auto; a plugin must return a whole number of at least 1"
+)
 STEPWISE_CONFLICT: Final = (
     "--sw/--stepwise cannot be used with -n {n}: stepwise resumes after the last failure in collection order, "
     "which assumes that every test before it ran and passed, but a parallel run starts tests out of that order "
@@ -329,9 +334,69 @@ def _numprocesses(config: pytest.Config) -> int:
     value = config.getoption("numprocesses", None)
     if not value or not _owns_n(config):
         return 0
+    auto = config.stash.get(_AUTO_KEY, None)
+    if auto is not None:
+        return auto
     if value in ("auto", "logical"):
-        return os.cpu_count() or 1
+        auto = config.stash[_AUTO_KEY] = _auto_workers(config)
+        return auto
     return int(value)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config: pytest.Config) -> Generator[None, object, object]:
+    """Resolve ``-n auto`` before pytest-xdist's (tryfirst)
+    ``pytest_cmdline_main`` replaces the option's value with its own count."""
+    if config.getoption("numprocesses", None) in ("auto", "logical"):
+        _numprocesses(config)
+    if _has_xdist(config.pluginmanager) and _owns_n(config):
+        config.pluginmanager.register(_KeepDist(config.getoption("dist", "no")), "restask.keepdist")
+    return (yield)
+
+
+@final
+class _KeepDist:
+    """Puts back the ``--dist`` the user gave, where restask runs ``-n``.
+
+    pytest-xdist's ``pytest_cmdline_main`` turns ``-n N`` into ``--dist=load``
+    for its own session, which restask blocks; plugins that ask
+    ``--dist`` whether the run is xdist's then believe this controller
+    distributes with xdist (pytest-benchmark warns at its end, outside the
+    summary).  tryfirst, and registered after every plugin: it runs before
+    any other plugin configures.
+    """
+
+    def __init__(self, dist: object) -> None:
+        self._dist = dist
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_configure(self, config: pytest.Config) -> None:
+        config.option.dist = self._dist
+
+
+_AUTO_KEY: Final = pytest.StashKey[int]()
+
+
+def _auto_workers(config: pytest.Config) -> int:
+    """Return the workers of ``-n auto``: ``PYTEST_XDIST_AUTO_NUM_WORKERS``,
+    else another plugin's ``pytest_xdist_auto_num_workers`` (not
+    pytest-xdist's own, which counts every CPU of the machine), else the
+    CPUs this process may use (:func:`~.cpus.usable_cpus`)."""
+    try:
+        workers = cpus.env_workers(os.environ)
+    except cpus.AutoWorkersError as e:
+        raise pytest.UsageError(str(e)) from None
+    if workers is not None:
+        return workers
+    manager = config.pluginmanager
+    xdist = [plugin for name, plugin in manager.list_name_plugin() if name.split(".")[0] == "xdist"]
+    hook = manager.subset_hook_caller("pytest_xdist_auto_num_workers", remove_plugins=xdist)
+    answer = hook(config=config)
+    if answer is not None:
+        if isinstance(answer, bool) or not isinstance(answer, int) or answer < 1:
+            raise pytest.UsageError(AUTO_HOOK_ANSWER.format(answer=answer))
+        return answer
+    return cpus.usable_cpus()
 
 
 def _shard_workers(config: pytest.Config) -> int:

@@ -42,6 +42,7 @@ from typing import Final, final
 
 import execnet
 
+from .cpus import usable_cpus
 from .messages import (
     JOURNAL_DONE,
     JOURNAL_TEARDOWN,
@@ -163,7 +164,7 @@ class ExecnetSpawner:
         self._closed = False
         #: How many workers may boot at once, and those booting (started,
         #: not yet ready or ended), and those waiting for their turn.
-        self._boot_slots = max(boot_slots or os.cpu_count() or 1, 1)
+        self._boot_slots = max(boot_slots or usable_cpus(), 1)
         self._booting: set[_Process] = set()
         self._waiting: collections.deque[tuple[str, _Process]] = collections.deque()
         #: The directory of the workers' journals, made on the first start.

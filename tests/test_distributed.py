@@ -9,12 +9,15 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from pytest_restask import cpus
 from pytest_restask.controller import PACE, _PacedOutput
 from pytest_restask.resources import Mode, Request
 
@@ -659,16 +662,54 @@ def test_fixture_teardown_error_belongs_to_the_last_test_of_the_hold(pytester: p
         result.stdout.fnmatch_lines(["*ERROR at teardown of test_db[[]2[]]*", "*RuntimeError: drop failed*"])
 
 
-def test_auto_starts_one_worker_per_cpu(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        """
-        import os, pytest
-        @pytest.mark.parametrize("i", range(8))
-        def test_count(i):
-            assert os.environ["PYTEST_XDIST_WORKER_COUNT"] == str(os.cpu_count())
-        """
-    )
+AUTO_SUITE = """
+import os, pytest
+@pytest.mark.parametrize("i", range(8))
+def test_count(i):
+    assert os.environ["PYTEST_XDIST_WORKER_COUNT"] == os.environ["EXPECTED_WORKERS"]
+"""
+
+
+def _run_auto(pytester: pytest.Pytester, cpus: set[int] | None) -> str:
+    """Run ``-n auto`` in a child limited to ``cpus`` (None: as this process); return its output."""
+
+    def limit() -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+
+    command = [sys.executable, "-m", "pytest", *RUN, "-n", "auto"]
+    done = subprocess.run(command, cwd=pytester.path, capture_output=True, text=True, timeout=TIMEOUT, preexec_fn=limit)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_auto_counts_the_cpus_this_process_may_use(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: -n auto counted os.cpu_count(), so on a CI runner limited
+    by CPU affinity (or a cgroup quota) it started too many workers."""
+    pytester.makepyfile(AUTO_SUITE)
+    allowed = sorted(os.sched_getaffinity(0))
+    monkeypatch.setenv("EXPECTED_WORKERS", "1")
+    assert "restask: 8 tests on 1 workers in " in _run_auto(pytester, {allowed[0]})
+    if len(allowed) > 1:  # the control: without the limit, every allowed CPU
+        monkeypatch.setenv("EXPECTED_WORKERS", str(cpus.usable_cpus()))
+        assert f"restask: 8 tests on {cpus.usable_cpus()} workers in " in _run_auto(pytester, None)
+
+
+def test_auto_takes_the_environment_variable_then_a_plugins_hook(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(AUTO_SUITE)
+    pytester.makeconftest("def pytest_xdist_auto_num_workers(config):\n    return 3\n")
+    monkeypatch.setenv("EXPECTED_WORKERS", "3")
+    run(pytester, "-n", "auto", "-p", "no:xdist").assert_outcomes(passed=8)
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "2")
+    monkeypatch.setenv("EXPECTED_WORKERS", "2")
     run(pytester, "-n", "auto").assert_outcomes(passed=8)
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "many")
+    bad = run(pytester, "-n", "auto")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*PYTEST_XDIST_AUTO_NUM_WORKERS='many'*"])
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -52,20 +52,20 @@ def _temproot_runs(pytester: pytest.Pytester, times: int) -> list[pytest.RunResu
 
 def test_failed_tests_tmp_path_is_kept_as_serially(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """One numbered pytest-N folder a run, a sub-folder a worker: the
-    retention policy keeps failed tests' folders, and "keep the 3 newest"
-    counts runs, not workers.  Regression: each worker made its own
+    retention policy keeps failed tests' folders, and the retention count
+    ("keep the N newest") counts runs, not workers.  Regression: each worker made its own
     pytest-N, and a late worker deleted an earlier one's."""
     pytester.makepyfile(TMP_SUITE)
-    pytester.makeini("[pytest]\ntmp_path_retention_policy = failed\n")
+    pytester.makeini("[pytest]\ntmp_path_retention_policy = failed\ntmp_path_retention_count = 2\n")
     root = pytester.path / "temproot"
     root.mkdir()
     monkeypatch.setenv("PYTEST_DEBUG_TEMPROOT", str(root))
-    results = _temproot_runs(pytester, times=4)
+    results = _temproot_runs(pytester, times=3)
     for result in results:
         result.assert_outcomes(passed=4, failed=4)
     user = root / f"pytest-of-{getpass.getuser()}"
     runs = sorted(path.name for path in user.glob("pytest-[0-9]*"))
-    assert runs == ["pytest-1", "pytest-2", "pytest-3"]  # the 3 newest runs, as serially
+    assert runs == ["pytest-1", "pytest-2"]  # the 2 newest runs (tmp_path_retention_count), as serially
     for name in runs:
         kept = sorted(path.name for path in (user / name).glob("popen-gw*/test_tmp_*") if not path.is_symlink())
         # the failed tests' folders (odd i) are kept; the passed ones' are removed
