@@ -284,6 +284,7 @@ class WorkerSession:
         self._session = session
         if self._boot_log is not None:
             self._boot_log.start()
+        _terminal_to_fd1(session.config)
         # a plugin that serializes reports its own way gets every report whole
         # (asked now: conftests of subdirectories registered during collection)
         implementations = session.config.hook.pytest_report_to_serializable.get_hookimpls()
@@ -579,6 +580,25 @@ def _quiet_terminal(config: pytest.Config) -> None:
     if reporter is not None and not isinstance(reporter, _QuietTerminal):
         manager.unregister(reporter)
         manager.register(_QuietTerminal(reporter), "terminalreporter")
+
+
+def _terminal_to_fd1(config: pytest.Config) -> None:
+    """Point the worker's terminal writer at file descriptor 1 once the
+    session is ready for tests.
+
+    Its reporter shows nothing (see :class:`_QuietTerminal`), but plugins
+    write to ``config.get_terminal_writer()`` while a test runs:
+    pytest-timeout dumps the stacks of a test that timed out there, and
+    serially that lands in the test's captured output (fd capture holds
+    fd 1 during the test).  Until now it wrote to /dev/null, which kept the
+    worker's session header off the terminal.  Outside a test, fd 1 is the
+    controller's stderr (see :func:`_stdout_to_stderr`).  pytest keeps the
+    file in the writer's private ``_file``.
+    """
+    writer = config.get_terminal_writer()
+    if getattr(writer, "_file", None) is not None:
+        fd1 = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
+        setattr(writer, "_file", fd1)  # noqa: B010 - private, see above
 
 
 def _where(error: BaseException) -> str:
