@@ -173,10 +173,14 @@ class Controller:
             self._spawner.start_early(_worker_name(i) for i in range(self._workercount))
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionfinish(self) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self._spawner is not None:  # started early, and the loop never ran
             self._spawner.kill_all()
             self._spawner = None
+        # a worker whose session failed (a conftest that raises on workers) is
+        # an error of the run even when the other workers ran every test
+        if self._worker_failures and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
     @pytest.hookimpl(wrapper=True)
     def pytest_report_teststatus(
@@ -275,10 +279,8 @@ class Controller:
             )
             terminalreporter.write_line(text)
         for text, workers in self._worker_failures.items():
-            title = f"worker {workers[0]} failed outside a test"
-            if len(workers) > 1:
-                title += f" (the same on {_times(workers[1:])})"
-            terminalreporter.write_sep("-", title, red=True)
+            who = "worker" if len(set(workers)) == 1 else "workers"
+            terminalreporter.write_sep("-", f"{who} {_times(workers)} failed outside a test", red=True)
             terminalreporter.write_line(text.rstrip())
         for worker, text in sorted(self._collection_differences.items()):
             terminalreporter.write_sep("-", f"collection differs on {worker}", red=True)
@@ -770,9 +772,9 @@ class _PacedOutput:
 
 
 def _times(workers: list[str]) -> str:
-    """Say which workers, and how often each: "gw1, gw0 (2 times)"."""
+    """Say which workers, and how often each: "gw0 (2 times), gw1", "gw1 (3 times)"."""
     counts = collections.Counter(workers)
-    return ", ".join(name if n == 1 else f"{name} ({n} times)" for name, n in counts.items())
+    return ", ".join(name if n == 1 else f"{name} ({n} times)" for name, n in sorted(counts.items()))
 
 
 def _interrupt(signum: int, frame: object) -> None:

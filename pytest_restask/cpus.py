@@ -62,7 +62,7 @@ __all__ = [
 AUTO_WORKERS_ENV: Final = "PYTEST_XDIST_AUTO_NUM_WORKERS"
 
 #: The error for a bad :data:`AUTO_WORKERS_ENV` value.
-BAD_AUTO_WORKERS: Final = "{name}={value!r}: expected a whole number of workers, at least 1"
+BAD_AUTO_WORKERS: Final = "{name}={value!r}: expected a whole number of workers (0 runs the tests in process)"
 
 #: The interpreter's CPU count override (Python 3.13+, read here on older ones).
 PYTHON_CPU_COUNT_ENV: Final = "PYTHON_CPU_COUNT"
@@ -96,15 +96,16 @@ def env_workers(environ: Mapping[str, str]) -> int | None:
     """Return the number of workers :data:`AUTO_WORKERS_ENV` asks for, or None if unset.
 
     An empty value counts as unset, as in pytest-xdist: CI templates expand an
-    unset input to an empty string.  Raise :class:`AutoWorkersError` for
-    anything but a whole number of at least 1 (pytest-xdist warns and
-    ignores a non-number, and takes 0 or -1 as they are).
+    unset input to an empty string.  0 means no workers (the run is in
+    process), as in pytest-xdist.  Raise :class:`AutoWorkersError` for
+    anything but a whole number (pytest-xdist warns and ignores a
+    non-number, and takes -1 as it is).
     """
     value = environ.get(AUTO_WORKERS_ENV)
     if value is None or not value.strip():
         return None
     text = value.strip()
-    if not _WHOLE.fullmatch(text) or int(text) < 1:
+    if not _WHOLE.fullmatch(text):
         raise AutoWorkersError(value)
     return int(text)
 

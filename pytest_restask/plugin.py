@@ -91,9 +91,13 @@ AUTO_HOOK_ANSWER: Final = (
     "pytest_xdist_auto_num_workers returned {answer!r} for -n auto; a plugin must return a whole number of at least 1"
 )
 STEPWISE_CONFLICT: Final = (
-    "--sw/--stepwise cannot be used with -n {n}: stepwise resumes after the last failure in collection order, "
+    "{flag} cannot be used with -n {n}: stepwise resumes after the last failure in collection order, "
     "which assumes that every test before it ran and passed, but a parallel run starts tests out of that order "
-    "and stops with tests before the failure not run; use -n 0 with --sw"
+    "and stops with tests before the failure not run; use -n 0 with {flag}"
+)
+DIST_IGNORED: Final = (
+    "--dist={dist} is pytest-xdist's and does nothing here: restask runs -n and schedules by resources; "
+    "instead of xdist_group, declare what tests share with @pytest.mark.resource"
 )
 SPACE_FORM: Final = (
     "{option} {value}: written as two words, {value!r} was taken for a test path when pytest chose the rootdir "
@@ -139,8 +143,9 @@ def _count(value: str, expected: str) -> int:
 
 
 def parse_numprocesses(value: str) -> int | str:
-    """Parse ``-n``: a whole number of at least 0, or 'auto'."""
-    return value if value == "auto" else _count(value, "a number of workers or 'auto'")
+    """Parse ``-n``: a whole number of at least 0, or 'auto' ('logical', as
+    pytest-xdist spells it with psutil, means the same here)."""
+    return value if value in ("auto", "logical") else _count(value, "a number of workers or 'auto'")
 
 
 def parse_count(value: str) -> int:
@@ -193,6 +198,9 @@ def pytest_load_initial_conftests(
     if not _has_xdist(early_config.pluginmanager):
         early_config.pluginmanager.add_hookspecs(xdisthooks)
         _add_worker_options(early_config, parser, args)
+    # before any conftest is imported: with the wrong rootdir, a conftest may
+    # fail to import (its ini's pythonpath lost) before we could say why
+    _refuse_options_taken_for_paths(early_config, early_config.known_args_namespace.file_or_dir or [])
     return (yield)
 
 
@@ -224,7 +232,7 @@ def _add_worker_options(early_config: pytest.Config, parser: pytest.Parser, args
         setattr(known, name, getattr(parsed, name))
 
 
-def _refuse_options_taken_for_paths(config: pytest.Config) -> None:
+def _refuse_options_taken_for_paths(config: pytest.Config, test_paths: Sequence[str]) -> None:
     """Stop when a value of ours written as a separate word moved the rootdir.
 
     pytest chooses the rootdir, and so the ini file, from the test paths of
@@ -240,7 +248,7 @@ def _refuse_options_taken_for_paths(config: pytest.Config) -> None:
     """
     params = config.invocation_params
     words = [str(arg) for arg in params.args]
-    real = [str(arg).split("::")[0] for arg in (config.getoption("file_or_dir", None) or [])]
+    real = [str(arg).split("::")[0] for arg in test_paths]
     paths = [params.dir / path for path in real if (params.dir / path).exists()] or [params.dir]
     anchor = Path(os.path.commonpath([str(path.resolve()) for path in paths]))
     for option, value in itertools.pairwise(words):
@@ -372,6 +380,9 @@ class _KeepDist:
     @pytest.hookimpl(tryfirst=True)
     def pytest_configure(self, config: pytest.Config) -> None:
         config.option.dist = self._dist
+        if self._dist not in ("no", None):
+            warning = pytest.PytestConfigWarning(DIST_IGNORED.format(dist=self._dist))
+            config.issue_config_time_warning(warning, stacklevel=2)
 
 
 _AUTO_KEY: Final = pytest.StashKey[int]()
@@ -428,7 +439,6 @@ def pytest_configure(config: pytest.Config) -> None:
         if settings.shard is not None:  # the same split as the controller's, or the collections differ
             config.pluginmanager.register(ShardSelection(config, settings, durations.load(config)), "restask.shard")
         return
-    _refuse_options_taken_for_paths(config)
     recorder = DurationsRecorder(config, save=settings.shard is None)
     config.pluginmanager.register(recorder, "restask.durations")
     if settings.shard is not None:
@@ -441,8 +451,14 @@ def pytest_configure(config: pytest.Config) -> None:
     for flag, used in (("--pdb", config.getoption("usepdb")), ("--trace", config.getoption("trace"))):
         if used:
             raise pytest.UsageError(PDB_CONFLICT.format(flag=flag, n=settings.workers))
-    if config.getoption("stepwise", False) or config.getoption("stepwise_skip", False):
-        raise pytest.UsageError(STEPWISE_CONFLICT.format(n=settings.workers))
+    # --sw-skip sets --sw as well: it is looked at first, to name what was typed
+    for flag, used in (
+        ("--sw-skip", config.getoption("stepwise_skip", False)),
+        ("--sw/--stepwise", config.getoption("stepwise", False)),
+    ):
+        if used:
+            n = "auto" if _AUTO_KEY in config.stash else settings.workers
+            raise pytest.UsageError(STEPWISE_CONFLICT.format(flag=flag, n=n))
     if not _has_xdist(config.pluginmanager):
         compat.enable_plugins_xdist_support(config)
     # pytest-xdist is installed and -p restask was named: its session steps

@@ -294,6 +294,9 @@ class StateMachine:
         #: worker ever was: when every worker failed to start, the run stops.
         self._boot_failures: set[str] = set()
         self._ever_ready = False
+        #: Workers that failed to start while no worker was ever ready, not
+        #: replaced yet, and what the summary will say of each.
+        self._held_back: list[tuple[str, str]] = []
         #: Why no further task may start, once ``abort`` was called.
         self.aborted: tuple[Reason, str] | None = None
         self._bootstrapped = False
@@ -396,6 +399,7 @@ class StateMachine:
         """Finish every task that has not started; running tasks go on."""
         if self.aborted is None:
             self.aborted = (reason, detail)
+        self._release_held_back(None)
         for queue in (self.queues.requested, self.queues.triaging, self.queues.ready):
             self.abort_queue(queue, reason, detail, now)
 
@@ -413,6 +417,7 @@ class StateMachine:
         assert state.phase is WorkerPhase.STARTING, (worker, state.phase)
         state.phase = WorkerPhase.IDLE
         self._ever_ready = True
+        self._release_held_back(now)  # their failure was their own
         self.start(now)
 
     def reached_teardown(self, worker: str, task_id: int, now: float) -> None:
@@ -495,14 +500,19 @@ class StateMachine:
             state.phase = WorkerPhase.GONE
             self._tell_lost(lost, "")
             return
-        if not self._ever_ready and self._boot_failures >= self._workers.keys():
-            # the same start-up fails everywhere: replacing would fail again
-            state.phase = WorkerPhase.GONE
-            self._tell_lost(lost, "not replaced")
-            self.abort(Reason.ABORTED, EVERY_WORKER_FAILED, now)
+        state.phase = WorkerPhase.GONE
+        if start_failed and not self._ever_ready:
+            # replaced only once another worker started: if the same start-up
+            # fails everywhere, replacing would fail again
+            self._held_back.append((worker, lost))
+            if self._boot_failures >= self._workers.keys():
+                self.abort(Reason.ABORTED, EVERY_WORKER_FAILED, now)
             return
+        self._replace(worker, lost, now)
+
+    def _replace(self, worker: str, lost: str, now: float) -> None:
+        """Start a new process for a worker that ended, within the restart limit."""
         if self.restarts >= self._max_restarts:
-            state.phase = WorkerPhase.GONE
             self._tell_lost(lost, "not replaced")
             self.abort(
                 Reason.ABORTED,
@@ -512,13 +522,23 @@ class StateMachine:
             return
         self.restarts += 1
         self._tell_lost(lost, "it was replaced")
-        state.phase = WorkerPhase.STARTING
+        self._workers[worker].phase = WorkerPhase.STARTING
         self._spawner.start_worker(worker)
 
     def _tell_lost(self, line: str, outcome: str) -> None:
         """Note a worker that ended outside a test, and what followed, for the summary."""
         if line:
             self.lost_outside_tests.append(f"{line}; {outcome}" if outcome else line)
+
+    def _release_held_back(self, now: float | None) -> None:
+        """Replace the workers held back after failing to start (``now``), or,
+        when the run is ending (None), say that they were not."""
+        held, self._held_back = self._held_back, []
+        for worker, lost in held:
+            if now is None or self.aborted is not None:
+                self._tell_lost(lost, "not replaced")
+            else:
+                self._replace(worker, lost, now)
 
     def retry(self, task_id: int, now: float) -> bool:
         """Run a task that finished as crashed again (a plugin asked for it,
@@ -560,6 +580,7 @@ class StateMachine:
         Idle workers shut down cleanly (their session fixtures end); a worker
         still starting has run nothing and is ended at once.
         """
+        self._release_held_back(None)
         for state in self._workers.values():
             if state.phase is WorkerPhase.IDLE:
                 self._spawner.stop_worker(state.name)

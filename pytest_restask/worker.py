@@ -284,7 +284,7 @@ class WorkerSession:
         self._session = session
         if self._boot_log is not None:
             self._boot_log.start()
-        _terminal_to_fd1(session.config)
+        _terminal_to_stdout(session.config)
         # a plugin that serializes reports its own way gets every report whole
         # (asked now: conftests of subdirectories registered during collection)
         implementations = session.config.hook.pytest_report_to_serializable.get_hookimpls()
@@ -582,23 +582,37 @@ def _quiet_terminal(config: pytest.Config) -> None:
         manager.register(_QuietTerminal(reporter), "terminalreporter")
 
 
-def _terminal_to_fd1(config: pytest.Config) -> None:
-    """Point the worker's terminal writer at file descriptor 1 once the
-    session is ready for tests.
+def _terminal_to_stdout(config: pytest.Config) -> None:
+    """Point the worker's terminal writer at whatever ``sys.stdout`` is when
+    it writes (see :class:`_CurrentStdout`), once the session is ready for tests.
 
     Its reporter shows nothing (see :class:`_QuietTerminal`), but plugins
     write to ``config.get_terminal_writer()`` while a test runs:
     pytest-timeout dumps the stacks of a test that timed out there, and
-    serially that lands in the test's captured output (fd capture holds
-    fd 1 during the test).  Until now it wrote to /dev/null, which kept the
-    worker's session header off the terminal.  Outside a test, fd 1 is the
-    controller's stderr (see :func:`_stdout_to_stderr`).  pytest keeps the
-    file in the writer's private ``_file``.
+    serially that lands in the test's captured output.  Outside a test (and
+    where capturing is suspended, as for ``--setup-show``) ``sys.stdout`` is
+    /dev/null on a worker, and what is written goes nowhere, as before: the
+    controller's progress line is not interrupted.  pytest keeps the file in
+    the writer's private ``_file``.
     """
     writer = config.get_terminal_writer()
     if getattr(writer, "_file", None) is not None:
-        fd1 = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)  # noqa: SIM115
-        setattr(writer, "_file", fd1)  # noqa: B010 - private, see above
+        setattr(writer, "_file", _CurrentStdout())  # noqa: B010 - private, see above
+
+
+@final
+class _CurrentStdout:
+    """A file that writes to the ``sys.stdout`` of the moment: a test's
+    capture while it runs, /dev/null on a worker otherwise (``-s``: fd 1)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sys.stdout, name)
 
 
 def _where(error: BaseException) -> str:

@@ -221,7 +221,7 @@ class TestUnreadable:
 
 
 class TestEnvWorkers:
-    @pytest.mark.parametrize(("value", "workers"), [("1", 1), ("4", 4), (" 8\n", 8), ("012", 12)])
+    @pytest.mark.parametrize(("value", "workers"), [("0", 0), ("1", 1), ("4", 4), (" 8\n", 8), ("012", 12)])
     def test_a_whole_number(self, value: str, workers: int) -> None:
         assert env_workers({AUTO_WORKERS_ENV: value}) == workers
 
@@ -230,7 +230,7 @@ class TestEnvWorkers:
         """Empty counts as unset, as in pytest-xdist: CI templates expand an unset input to ''."""
         assert env_workers(environ) is None
 
-    @pytest.mark.parametrize("value", ["0", "abc", "-1", "2.5", "+3", "1_0", "\u0663", "4 workers"])
+    @pytest.mark.parametrize("value", ["abc", "-1", "2.5", "+3", "1_0", "\u0663", "4 workers"])
     def test_anything_else_is_an_error_naming_the_variable_and_value(self, value: str) -> None:
         with pytest.raises(AutoWorkersError) as info:
             env_workers({AUTO_WORKERS_ENV: value})

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pytest_restask.plugin import STEPWISE_CONFLICT
+from pytest_restask.plugin import DIST_IGNORED, STEPWISE_CONFLICT
 
 from .runs import RUN, TIMEOUT, run
 
@@ -100,7 +100,12 @@ def test_an_option_value_taken_for_a_test_path_is_a_usage_error(pytester: pytest
     option existed, took ../d.json for a test path, and lost the project's
     ini file (and its capacities) without a word."""
     project = pytester.mkdir("project")
-    (project / "pytest.ini").write_text("[pytest]\nrestask_resources =\n    gpu: 2\n")
+    # the ini's pythonpath makes the conftest importable: without the ini the
+    # conftest fails to import, so the check must come before conftests load
+    (project / "pytest.ini").write_text("[pytest]\npythonpath = lib\nrestask_resources =\n    gpu: 2\n")
+    (project / "lib").mkdir()
+    (project / "lib" / "shop.py").write_text("PRICE = 1\n")
+    (project / "conftest.py").write_text("import shop\n")
     (project / "test_gpu.py").write_text("import pytest\n@pytest.mark.resource('gpu', slots=2)\ndef test_gpu(): pass\n")
     (pytester.path / "d.json").write_text("{}")
     os.chdir(project)
@@ -117,10 +122,24 @@ def test_an_option_value_taken_for_a_test_path_is_a_usage_error(pytester: pytest
     inside.assert_outcomes(passed=1)
 
 
-@pytest.mark.parametrize("flag", ["--sw", "--stepwise", "--sw-skip"])
-def test_stepwise_with_workers_is_refused(pytester: pytest.Pytester, flag: str) -> None:
+@pytest.mark.parametrize(
+    ("flag", "named"), [("--sw", "--sw/--stepwise"), ("--stepwise", "--sw/--stepwise"), ("--sw-skip", "--sw-skip")]
+)
+def test_stepwise_with_workers_is_refused(pytester: pytest.Pytester, flag: str, named: str) -> None:
     pytester.makepyfile("def test_x(): pass\n")
     result = run(pytester, "-n", "2", flag)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*{STEPWISE_CONFLICT.format(n=2)[:60]}*"])
+    result.stderr.fnmatch_lines([f"*{STEPWISE_CONFLICT.format(flag=named, n=2)}*"])
+    auto = run(pytester, "-n", "auto", flag)
+    auto.stderr.fnmatch_lines([f"*{STEPWISE_CONFLICT.format(flag=named, n='auto')}*"])
     assert run(pytester, "-n", "0", flag).ret == pytest.ExitCode.OK
+
+
+def test_xdists_dist_modes_are_said_to_do_nothing(pytester: pytest.Pytester) -> None:
+    """With pytest-xdist installed, --dist=loadgroup (say, from an ini's
+    addopts of xdist days) would be taken and silently ignored."""
+    pytester.makepyfile("def test_x(): pass\n")
+    result = run(pytester, "-n", "2", "--dist=loadgroup")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines([f"*{DIST_IGNORED.format(dist='loadgroup')[:70]}*"])
+    run(pytester, "-n", "2").assert_outcomes(passed=1)  # no warning without --dist

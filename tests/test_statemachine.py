@@ -175,12 +175,12 @@ def test_a_start_failure_on_every_worker_stops_the_run_at_once() -> None:
     sm.step(0.0)
     sm.worker_died("gw0", "exit code 3", 0.1, start_failed=True)
     assert sm.aborted is None  # gw1 may still start
-    assert sm.phase("gw0") is WorkerPhase.STARTING  # replaced
+    assert sm.phase("gw0") is WorkerPhase.GONE  # not replaced before another worker started
     sm.worker_died("gw1", "exit code 3", 0.2, start_failed=True)
     assert sm.aborted == (Reason.ABORTED, EVERY_WORKER_FAILED)
-    assert sm.restarts == 1
+    assert sm.restarts == 0
     assert sm.lost_outside_tests == [
-        "worker gw0 failed to start: exit code 3; it was replaced",
+        "worker gw0 failed to start: exit code 3; not replaced",
         "worker gw1 failed to start: exit code 3; not replaced",
     ]
 
@@ -190,11 +190,14 @@ def test_a_start_failure_after_a_worker_was_ready_is_replaced() -> None:
     worker's trouble (a port taken, say): it is replaced as a crash is."""
     sm, _ = make_machine([needs()] * 4, [Plan()] * 4, workers=2, max_restarts=8)
     sm.step(0.0)
+    sm.worker_died("gw1", "exit code 3", 0.2, start_failed=True)
+    assert sm.phase("gw1") is WorkerPhase.GONE  # held back while no worker started
     sm.worker_ready("gw0", 0.5)
-    sm.worker_died("gw1", "exit code 3", 0.6, start_failed=True)
+    assert sm.phase("gw1") is WorkerPhase.STARTING  # replaced once gw0 started
     sm.worker_died("gw1", "exit code 3", 0.7, start_failed=True)
     assert sm.aborted is None
     assert sm.restarts == 2
+    assert sm.lost_outside_tests == ["worker gw1 failed to start: exit code 3; it was replaced"] * 2
 
 
 def test_a_crashed_task_runs_again_when_a_plugin_asks() -> None:

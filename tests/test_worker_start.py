@@ -45,7 +45,7 @@ def test_a_boot_failure_is_shown_once_and_stops_the_run(
     text = result.stdout.str() + result.stderr.str()
     # the traceback once, in the summary, whatever the number of workers and replacements
     assert len(pytester_matches(text, error)) == 1
-    result.stdout.fnmatch_lines(["*worker gw? failed outside a test*", "*exit code 3*"])
+    result.stdout.fnmatch_lines(["*workers gw0, gw1 failed outside a test*", "*exit code 3*"])
     result.stdout.fnmatch_lines(["*worker gw? failed to start: exit code 3*"])
     assert _replaced(result) <= min(limit, 1)  # the second failure stops the run: every worker failed
     if limit:
@@ -79,3 +79,23 @@ def test_replacements_never_exceed_the_limit(pytester: pytest.Pytester, limit: i
     assert len(lines) == limit + 1
     assert lines[-1].endswith("; not replaced")
     result.stdout.fnmatch_lines([f"*worker restart limit reached ({limit}, see --max-worker-restart)*"])
+
+
+def test_one_worker_that_cannot_start_fails_the_run(pytester: pytest.Pytester) -> None:
+    """The other worker runs every test; the run still fails (exit code 3,
+    as pytest-xdist's), so a conftest that breaks on a worker cannot pass
+    CI unseen.  The failing worker is replaced only once the other started."""
+    pytester.makeconftest(
+        """
+        import os
+        def pytest_sessionstart(session):
+            if os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
+                raise RuntimeError("gw1 has no port")
+        """
+    )
+    pytester.makepyfile("import pytest\n@pytest.mark.parametrize('i', range(6))\ndef test_x(i): pass\n")
+    result = run(pytester, "-n", "2", "--max-worker-restart=2")
+    result.assert_outcomes(passed=6)
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    result.stdout.fnmatch_lines(["*worker gw1* failed outside a test*"])
+    assert len(pytester_matches(result.stdout.str(), "RuntimeError: gw1 has no port")) == 1

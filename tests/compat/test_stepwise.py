@@ -28,7 +28,7 @@ def test_stepwise_is_refused_with_workers_and_works_without(pytester: pytest.Pyt
     pytester.makepyfile(SUITE)
     refused = pytester.runpytest_subprocess("-p", "restask", "-n", "2", "--sw", timeout=runs.TIMEOUT)
     assert refused.ret == pytest.ExitCode.USAGE_ERROR
-    refused.stderr.fnmatch_lines([f"*{STEPWISE_CONFLICT.format(n=2)}*"])
+    refused.stderr.fnmatch_lines([f"*{STEPWISE_CONFLICT.format(flag='--sw/--stepwise', n=2)}*"])
     assert "shouldstop cannot be unset" not in refused.stdout.str() + refused.stderr.str()
     first = runs.run(pytester, "first", "--sw", workers=None)
     assert first.outcomes == {"passed": 1, "failed": 1}, first.tail()
