@@ -143,3 +143,23 @@ def test_xdists_dist_modes_are_said_to_do_nothing(pytester: pytest.Pytester) -> 
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines([f"*{DIST_IGNORED.format(dist='loadgroup')[:70]}*"])
     run(pytester, "-n", "2").assert_outcomes(passed=1)  # no warning without --dist
+
+
+def test_worker_terminal_output_outside_tests_stays_off_the_terminal(pytester: pytest.Pytester) -> None:
+    """Regression (review): a worker's terminal writer wrote to the
+    controller's stderr, in the middle of its progress line."""
+    pytester.makeconftest(
+        """
+        import os
+        def pytest_sessionfinish(session):
+            reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+            reporter.write_line("END " + os.environ.get("PYTEST_XDIST_WORKER", "controller"))
+        """
+    )
+    pytester.makepyfile("import pytest\n@pytest.mark.parametrize('i', range(4))\ndef test_x(i): pass\n")
+    result = run(pytester, "-n", "2", "--setup-show")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*END controller*"])  # as serially
+    output = result.stdout.str() + result.stderr.str()
+    assert "END gw" not in output
+    assert "SETUP" not in output  # --setup-show on workers: nowhere, as before

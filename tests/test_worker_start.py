@@ -90,10 +90,34 @@ def test_one_worker_that_cannot_start_fails_the_run(pytester: pytest.Pytester) -
         import os
         def pytest_sessionstart(session):
             if os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
+                with open("gw1.pid", "a") as f:
+                    f.write(f"{os.getpid()}\\n")
                 raise RuntimeError("gw1 has no port")
         """
     )
-    pytester.makepyfile("import pytest\n@pytest.mark.parametrize('i', range(6))\ndef test_x(i): pass\n")
+    # the tests wait until gw1's first process has ended (it sent its failure
+    # before): else gw0 may run them all while gw1 still starts, and gw1 is
+    # ended unused before it could fail
+    pytester.makepyfile(
+        """
+        import os, time, pytest
+
+        def ended(pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+            except FileNotFoundError:
+                return True
+
+        @pytest.mark.parametrize('i', range(6))
+        def test_x(i):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if os.path.exists("gw1.pid") and ended(int(open("gw1.pid").readline())):
+                    break
+                time.sleep(0.05)
+        """
+    )
     result = run(pytester, "-n", "2", "--max-worker-restart=2")
     result.assert_outcomes(passed=6)
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR
