@@ -36,6 +36,7 @@ import pytest
 
 from . import heap
 from .compat import CrashScheduler, WorkerNode
+from .declarations import declaration_error, declaration_of
 from .durations import Durations
 from .messages import (
     SHARD_WORKERS_KEY,
@@ -55,8 +56,8 @@ from .messages import (
     finished_at,
     plain_dict,
 )
-from .plugin import Settings, declaration_error, declaration_of
 from .resources import LockTable
+from .settings import Settings
 from .spawner import STOP_GRACE, Event, ExecnetSpawner
 from .statemachine import Reason, StateMachine, Task
 

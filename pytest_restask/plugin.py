@@ -1,8 +1,10 @@
 """pytest-restask: resource-aware parallel test runs.
 
 The pytest entry point (``-p restask``).  It owns the options, the ini keys
-and the markers, turns a test's markers into its :class:`~.resources.Requirement`,
-and picks the mode of the run in ``pytest_configure``:
+and the markers (what a test's markers declare is read in
+:mod:`.declarations`, what the options say in :mod:`.settings`: the
+controller imports those, never this module), and picks the mode of the run
+in ``pytest_configure``:
 
 * in process (no ``-n``, ``-n 0``, ``--collect-only``, or pytest-xdist owns
   ``-n``): :class:`LocalRun` checks declarations at setup and hands out slots;
@@ -20,40 +22,27 @@ command line or in ``addopts``), and otherwise leaves xdist alone.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import os
 import warnings
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Final, final
 
 import pytest
 
-from . import compat, cpus, durations, heap, holds, xdisthooks
+from . import compat, durations, heap, holds, xdisthooks
+from .declarations import declaration_error, requirement_of
 from .durations import Durations, DurationsRecorder
-from .messages import SHARD_WORKERS_KEY, WORKERINPUT_KEY
-from .resources import (
-    FREE,
-    LockTable,
-    Requirement,
-    ResourceError,
-    merge_requests,
-    parse_resource_marker,
-    parse_resources,
-    parse_serial_marker,
-)
-from .sharding import Shard, ShardError, ShardTest, parse_shard, split
+from .messages import WORKERINPUT_KEY
+from .resources import FREE, LockTable
+from .settings import AUTO_KEY, Settings, has_xdist, numprocesses, owns_n
+from .sharding import Shard, ShardTest, split
 
 __all__ = [
     "FAILFAST_REASON",
     "LocalRun",
     "ShardSelection",
-    "Declaration",
-    "Settings",
-    "declaration_error",
-    "declaration_of",
-    "requirement_of",
     "restask_slots",
 ]
 
@@ -77,7 +66,6 @@ SHARD_PLAN_DESC: Final = "With --shard K/N: show every shard's test count, expec
 DURATIONS_FILE_DESC: Final = (
     "Read and write test durations in this JSON file (pytest-split's .test_durations form) instead of the cache"
 )
-SHARD_PLAN_NEEDS_SHARD: Final = "--shard-plan needs --shard K/N, to know N (K marks the shard listed)"
 RESOURCE_MARKER: Final = (
     "resource(*names, shared=False, slots=None): the test needs these resources; "
     "exclusive by default, shared=True beside other shared users, slots=K counted "
@@ -87,9 +75,6 @@ SERIAL_MARKER: Final = "serial: the test runs alone, with no other test at the s
 FAILFAST_REASON: Final = "stopping after the first failure (--failfast)"
 NOT_APPLY_TIMEOUT: Final = "--task-timeout applies only when tests run on workers (-n N); it is ignored here"
 PDB_CONFLICT: Final = "{flag} cannot be used with -n {n}: a debugger needs the test in this process; use -n 0"
-AUTO_HOOK_ANSWER: Final = (
-    "pytest_xdist_auto_num_workers returned {answer!r} for -n auto; a plugin must return a whole number of at least 1"
-)
 STEPWISE_CONFLICT: Final = (
     "{flag} cannot be used with -n {n}: stepwise resumes after the last failure in collection order, "
     "which assumes that every test before it ran and passed, but a parallel run starts tests out of that order "
@@ -115,10 +100,6 @@ NOT_APPLY_TIMEOUT_MARKER: Final = (
     "@pytest.mark.timeout is on {count} test(s) but applies only when tests run on workers (-n N) "
     "or with pytest-timeout installed; it is ignored here"
 )
-#: Extra seconds before restask ends a test marked ``timeout(S)`` where
-#: pytest-timeout is installed: that plugin fails the test first, with a
-#: stack dump, and restask's kill is only the backstop.
-TIMEOUT_MARGIN: Final = 5.0
 
 SHARD_LINE: Final = "restask: shard {shard}: {selected} of {total} selected tests (split for {workers} worker(s) a job)"
 SHARD_DESELECTED: Final = "restask: {count} deselected by --shard {shard}"
@@ -127,8 +108,6 @@ SHARD_PLAN_HEADER: Final = "restask: shard plan ({workers} worker(s) per job; * 
 SHARD_PLAN_ROW: Final = (
     "{mark} shard {shard}: {tests} tests, {seconds:.2f} s of work, at least {bound:.2f} s, bottleneck: {bottleneck}"
 )
-
-_DECLARATION_KEY: Final = pytest.StashKey["Declaration | str"]()
 
 
 def _count(value: str, expected: str) -> int:
@@ -164,11 +143,6 @@ def parse_timeout(value: str) -> float:
     return seconds
 
 
-def _has_xdist(pluginmanager: pytest.PytestPluginManager) -> bool:
-    """Return whether pytest-xdist is loaded in this run."""
-    return pluginmanager.has_plugin("xdist") or pluginmanager.has_plugin("xdist.plugin")
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("restask", "resource-aware parallel runs (pytest-restask)")
     group.addoption("--failfast", action="store_true", default=False, help=FAILFAST_DESC)
@@ -195,7 +169,7 @@ def pytest_load_initial_conftests(
     enough to add the clean-up pytest runs last (see :mod:`.heap`).
     """
     heap.allow_freezing(early_config)
-    if not _has_xdist(early_config.pluginmanager):
+    if not has_xdist(early_config.pluginmanager):
         early_config.pluginmanager.add_hookspecs(xdisthooks)
         _add_worker_options(early_config, parser, args)
     # before any conftest is imported: with the wrong rootdir, a conftest may
@@ -276,88 +250,13 @@ def _moves_rootdir(config: pytest.Config, anchor: Path, value: Path) -> bool:
     return any((directory / name).is_file() for directory in below for name in INI_NAMES)
 
 
-@final
-class Settings:
-    """What the options and ini keys say, checked once at configure time."""
-
-    __slots__ = (
-        "capacities",
-        "failfast",
-        "global_resources",
-        "max_restarts",
-        "shard",
-        "shard_workers",
-        "task_timeout",
-        "workers",
-    )
-
-    def __init__(self, config: pytest.Config) -> None:
-        try:
-            #: Capacity of each counted resource, and the global ones, from ``restask_resources``.
-            self.capacities, self.global_resources = parse_resources(config.getini("restask_resources"))
-        except ResourceError as e:
-            raise pytest.UsageError(f"{e} (in the ini file {config.inipath})") from None
-        #: This job's part of a CI split: (K, N), or None.
-        self.shard = _shard_wanted(config)
-        #: Stop starting tests after the first failure.
-        self.failfast: bool = config.getoption("failfast")
-        #: Seconds a test may take on a worker, or None.
-        self.task_timeout: float | None = config.getoption("task_timeout")
-        #: Worker processes to start; 0 runs in process.
-        self.workers = _workers_wanted(config)
-        #: Workers per CI job that ``--shard`` balances for (also with --shard-plan, and on workers).
-        self.shard_workers = _shard_workers(config)
-        restarts = config.getoption("maxworkerrestart", None)
-        #: Worker replacements allowed before the run stops.
-        self.max_restarts: int = 4 * self.workers if restarts is None else int(restarts)
-
-
-def _shard_wanted(config: pytest.Config) -> tuple[int, int] | None:
-    value = config.getoption("shard", None)
-    if value is None:
-        if config.getoption("shard_plan", False):
-            raise pytest.UsageError(SHARD_PLAN_NEEDS_SHARD)
-        return None
-    try:
-        return parse_shard(value)
-    except ShardError as e:
-        raise pytest.UsageError(str(e)) from None
-
-
-def _owns_n(config: pytest.Config) -> bool:
-    """Return whether ``-n`` is restask's to act on (see the module docstring)."""
-    if not _has_xdist(config.pluginmanager):
-        return True
-    named = config.getoption("plugins", None) or []
-    return "restask" in named or "pytest_restask.plugin" in named
-
-
-def _workers_wanted(config: pytest.Config) -> int:
-    if config.getoption("collectonly"):
-        return 0
-    return _numprocesses(config)
-
-
-def _numprocesses(config: pytest.Config) -> int:
-    value = config.getoption("numprocesses", None)
-    if not value or not _owns_n(config):
-        return 0
-    auto = config.stash.get(_AUTO_KEY, None)
-    if auto is not None:
-        return auto
-    if value in ("auto", "logical"):
-        auto = config.stash[_AUTO_KEY] = _auto_workers(config)
-        return auto
-    return int(value)
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_cmdline_main(config: pytest.Config) -> Generator[None, object, object]:
     """Resolve ``-n auto`` before pytest-xdist's (tryfirst)
     ``pytest_cmdline_main`` replaces the option's value with its own count."""
     if config.getoption("numprocesses", None) in ("auto", "logical"):
-        _numprocesses(config)
-    if _has_xdist(config.pluginmanager) and _owns_n(config):
+        numprocesses(config)
+    if has_xdist(config.pluginmanager) and owns_n(config):
         config.pluginmanager.register(_KeepDist(config.getoption("dist", "no")), "restask.keepdist")
     return (yield)
 
@@ -385,38 +284,6 @@ class _KeepDist:
             config.issue_config_time_warning(warning, stacklevel=2)
 
 
-_AUTO_KEY: Final = pytest.StashKey[int]()
-
-
-def _auto_workers(config: pytest.Config) -> int:
-    """Return the workers of ``-n auto``: ``PYTEST_XDIST_AUTO_NUM_WORKERS``,
-    else another plugin's ``pytest_xdist_auto_num_workers`` (not
-    pytest-xdist's own, which counts every CPU of the machine), else the
-    CPUs this process may use (:func:`~.cpus.usable_cpus`)."""
-    try:
-        workers = cpus.env_workers(os.environ)
-    except cpus.AutoWorkersError as e:
-        raise pytest.UsageError(str(e)) from None
-    if workers is not None:
-        return workers
-    manager = config.pluginmanager
-    xdist = [plugin for name, plugin in manager.list_name_plugin() if name.split(".")[0] == "xdist"]
-    hook = manager.subset_hook_caller("pytest_xdist_auto_num_workers", remove_plugins=xdist)
-    answer = hook(config=config)
-    if answer is not None:
-        if isinstance(answer, bool) or not isinstance(answer, int) or answer < 1:
-            raise pytest.UsageError(AUTO_HOOK_ANSWER.format(answer=answer))
-        return answer
-    return cpus.usable_cpus()
-
-
-def _shard_workers(config: pytest.Config) -> int:
-    workerinput = getattr(config, "workerinput", None)
-    if isinstance(workerinput, dict) and SHARD_WORKERS_KEY in workerinput:
-        return int(workerinput[SHARD_WORKERS_KEY])
-    return max(_numprocesses(config), 1)
-
-
 def _is_restask_worker(config: pytest.Config) -> bool:
     workerinput = getattr(config, "workerinput", None)
     return isinstance(workerinput, dict) and WORKERINPUT_KEY in workerinput
@@ -428,13 +295,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", SERIAL_MARKER)
     if not config.pluginmanager.has_plugin("timeout"):  # pytest-timeout registers its own
         config.addinivalue_line("markers", TIMEOUT_MARKER)
-    if not _has_xdist(config.pluginmanager):
+    if not has_xdist(config.pluginmanager):
         config.pluginmanager.register(compat, "restask.compat")
     if config.getoption("shard_plan", False):
         config.option.collectonly = True  # a plan runs nothing
     settings = Settings(config)
     if _is_restask_worker(config):
-        if not _has_xdist(config.pluginmanager):
+        if not has_xdist(config.pluginmanager):
             compat.enable_plugins_xdist_support(config)
         if settings.shard is not None:  # the same split as the controller's, or the collections differ
             config.pluginmanager.register(ShardSelection(config, settings, durations.load(config)), "restask.shard")
@@ -457,9 +324,9 @@ def pytest_configure(config: pytest.Config) -> None:
         ("--sw/--stepwise", config.getoption("stepwise", False)),
     ):
         if used:
-            n = "auto" if _AUTO_KEY in config.stash else settings.workers
+            n = "auto" if AUTO_KEY in config.stash else settings.workers
             raise pytest.UsageError(STEPWISE_CONFLICT.format(flag=flag, n=n))
-    if not _has_xdist(config.pluginmanager):
+    if not has_xdist(config.pluginmanager):
         compat.enable_plugins_xdist_support(config)
     # pytest-xdist is installed and -p restask was named: its session steps
     # aside, whether its own (also trylast) configure ran before ours or not
@@ -474,83 +341,6 @@ def pytest_configure(config: pytest.Config) -> None:
 def restask_slots(request: pytest.FixtureRequest) -> dict[str, list[int]]:
     """The slot numbers of each counted resource this test holds, e.g. ``{"gpu": [1]}``."""
     return {name: list(numbers) for name, numbers in request.node.stash.get(holds.SLOTS_KEY, {}).items()}
-
-
-@final
-@dataclasses.dataclass(frozen=True, slots=True)
-class Declaration:
-    """What a test's markers declare to the scheduler."""
-
-    requirement: Requirement
-    #: Seconds from ``@pytest.mark.timeout`` (0: no limit), or None without one.
-    timeout: float | None = None
-
-
-def declaration_of(item: pytest.Item) -> Declaration:
-    """Return what a test declares, from its markers; raise :class:`ResourceError`."""
-    cached = item.stash.get(_DECLARATION_KEY, None)
-    if cached is None:
-        try:
-            requests = []
-            for mark in item.iter_markers("resource"):
-                requests.extend(parse_resource_marker(mark.args, mark.kwargs))
-            serial = False
-            for mark in item.iter_markers("serial"):
-                parse_serial_marker(mark.args, mark.kwargs)
-                serial = True
-            requirement = merge_requests(requests, serial)
-        except ResourceError as e:
-            cached = f"invalid resource declaration on {item.nodeid}: {e}"
-        else:
-            cached = _with_timeout(item, requirement)
-        item.stash[_DECLARATION_KEY] = cached
-    if isinstance(cached, str):
-        raise ResourceError(cached)
-    return cached
-
-
-def _with_timeout(item: pytest.Item, requirement: Requirement) -> Declaration | str:
-    mark = item.get_closest_marker("timeout")
-    if mark is None:
-        return Declaration(requirement)
-    try:
-        seconds = parse_timeout_marker(mark.args, mark.kwargs)
-    except ResourceError as e:
-        return f"invalid timeout marker on {item.nodeid}: {e}"
-    if seconds and item.config.pluginmanager.has_plugin("timeout"):
-        seconds += TIMEOUT_MARGIN
-    return Declaration(requirement, seconds)
-
-
-def parse_timeout_marker(args: Sequence[object], kwargs: Mapping[str, object]) -> float:
-    """Parse ``timeout(seconds)`` as pytest-timeout spells it; its ``method``
-    and ``func_only`` are accepted and left to pytest-timeout."""
-    unknown = sorted(set(kwargs) - {"timeout", "method", "func_only"})
-    if unknown:
-        raise ResourceError(f"unexpected keyword argument {unknown[0]!r}; use timeout(seconds)")
-    if len(args) > 3 or (args and "timeout" in kwargs):
-        raise ResourceError("give the seconds once: timeout(seconds)")
-    if not args and "timeout" not in kwargs:
-        raise ResourceError("the number of seconds is missing: timeout(seconds)")
-    value = args[0] if args else kwargs["timeout"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ResourceError(f"expected a number of seconds (0 for no limit), got {value!r}")
-    return float(value)
-
-
-def requirement_of(item: pytest.Item) -> Requirement:
-    """Return what a test needs, from its markers; raise :class:`ResourceError`."""
-    return declaration_of(item).requirement
-
-
-def declaration_error(item: pytest.Item, table: LockTable) -> str | None:
-    """Return why a test can never run (a bad marker, an impossible request)."""
-    try:
-        requirement = requirement_of(item)
-    except ResourceError as e:
-        return str(e)
-    impossible = table.impossible(requirement)
-    return None if impossible is None else f"cannot run {item.nodeid}: {impossible}"
 
 
 @final

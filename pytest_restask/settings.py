@@ -1,0 +1,140 @@
+"""The run's settings: what the options and ini keys say, checked once.
+
+Built in ``pytest_configure`` on the controller and on every worker, and
+handed to the controller, so that the controller needs nothing of the
+plugin module.  Also answers whether restask owns ``-n`` (pytest-xdist's
+option where xdist is installed) and what ``-n auto`` means.
+
+Imports pytest and the pure modules only.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final, final
+
+import pytest
+
+from . import cpus
+from .messages import SHARD_WORKERS_KEY
+from .resources import ResourceError, parse_resources
+from .sharding import ShardError, parse_shard
+
+__all__ = ["AUTO_HOOK_ANSWER", "AUTO_KEY", "SHARD_PLAN_NEEDS_SHARD", "Settings", "has_xdist", "numprocesses", "owns_n"]
+
+SHARD_PLAN_NEEDS_SHARD: Final = "--shard-plan needs --shard K/N, to know N (K marks the shard listed)"
+AUTO_HOOK_ANSWER: Final = (
+    "pytest_xdist_auto_num_workers returned {answer!r} for -n auto; a plugin must return a whole number of at least 1"
+)
+
+
+def has_xdist(pluginmanager: pytest.PytestPluginManager) -> bool:
+    """Return whether pytest-xdist is loaded in this run."""
+    return pluginmanager.has_plugin("xdist") or pluginmanager.has_plugin("xdist.plugin")
+
+
+@final
+class Settings:
+    """What the options and ini keys say, checked once at configure time."""
+
+    __slots__ = (
+        "capacities",
+        "failfast",
+        "global_resources",
+        "max_restarts",
+        "shard",
+        "shard_workers",
+        "task_timeout",
+        "workers",
+    )
+
+    def __init__(self, config: pytest.Config) -> None:
+        try:
+            #: Capacity of each counted resource, and the global ones, from ``restask_resources``.
+            self.capacities, self.global_resources = parse_resources(config.getini("restask_resources"))
+        except ResourceError as e:
+            raise pytest.UsageError(f"{e} (in the ini file {config.inipath})") from None
+        #: This job's part of a CI split: (K, N), or None.
+        self.shard = _shard_wanted(config)
+        #: Stop starting tests after the first failure.
+        self.failfast: bool = config.getoption("failfast")
+        #: Seconds a test may take on a worker, or None.
+        self.task_timeout: float | None = config.getoption("task_timeout")
+        #: Worker processes to start; 0 runs in process.
+        self.workers = _workers_wanted(config)
+        #: Workers per CI job that ``--shard`` balances for (also with --shard-plan, and on workers).
+        self.shard_workers = _shard_workers(config)
+        restarts = config.getoption("maxworkerrestart", None)
+        #: Worker replacements allowed before the run stops.
+        self.max_restarts: int = 4 * self.workers if restarts is None else int(restarts)
+
+
+def _shard_wanted(config: pytest.Config) -> tuple[int, int] | None:
+    value = config.getoption("shard", None)
+    if value is None:
+        if config.getoption("shard_plan", False):
+            raise pytest.UsageError(SHARD_PLAN_NEEDS_SHARD)
+        return None
+    try:
+        return parse_shard(value)
+    except ShardError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+def owns_n(config: pytest.Config) -> bool:
+    """Return whether ``-n`` is restask's to act on (see the module docstring)."""
+    if not has_xdist(config.pluginmanager):
+        return True
+    named = config.getoption("plugins", None) or []
+    return "restask" in named or "pytest_restask.plugin" in named
+
+
+def _workers_wanted(config: pytest.Config) -> int:
+    if config.getoption("collectonly"):
+        return 0
+    return numprocesses(config)
+
+
+def numprocesses(config: pytest.Config) -> int:
+    value = config.getoption("numprocesses", None)
+    if not value or not owns_n(config):
+        return 0
+    auto = config.stash.get(AUTO_KEY, None)
+    if auto is not None:
+        return auto
+    if value in ("auto", "logical"):
+        auto = config.stash[AUTO_KEY] = _auto_workers(config)
+        return auto
+    return int(value)
+
+
+AUTO_KEY: Final = pytest.StashKey[int]()
+
+
+def _auto_workers(config: pytest.Config) -> int:
+    """Return the workers of ``-n auto``: ``PYTEST_XDIST_AUTO_NUM_WORKERS``,
+    else another plugin's ``pytest_xdist_auto_num_workers`` (not
+    pytest-xdist's own, which counts every CPU of the machine), else the
+    CPUs this process may use (:func:`~.cpus.usable_cpus`)."""
+    try:
+        workers = cpus.env_workers(os.environ)
+    except cpus.AutoWorkersError as e:
+        raise pytest.UsageError(str(e)) from None
+    if workers is not None:
+        return workers
+    manager = config.pluginmanager
+    xdist = [plugin for name, plugin in manager.list_name_plugin() if name.split(".")[0] == "xdist"]
+    hook = manager.subset_hook_caller("pytest_xdist_auto_num_workers", remove_plugins=xdist)
+    answer = hook(config=config)
+    if answer is not None:
+        if isinstance(answer, bool) or not isinstance(answer, int) or answer < 1:
+            raise pytest.UsageError(AUTO_HOOK_ANSWER.format(answer=answer))
+        return answer
+    return cpus.usable_cpus()
+
+
+def _shard_workers(config: pytest.Config) -> int:
+    workerinput = getattr(config, "workerinput", None)
+    if isinstance(workerinput, dict) and SHARD_WORKERS_KEY in workerinput:
+        return int(workerinput[SHARD_WORKERS_KEY])
+    return max(numprocesses(config), 1)
