@@ -125,7 +125,8 @@ class WorkerNode:
         self.ready = False
         #: ``pytest_testnodedown`` was called for it.
         self.down = False
-        #: A worker asked to shut down; the name xdist uses.
+        #: xdist's flag for a node it asked to shut down; restask never sets
+        #: it (plugins only read it), and a node is told down once, with ``down``.
         self.shutting_down = False
 
     def finished(self, workeroutput: dict[str, Any]) -> None:
@@ -180,10 +181,9 @@ def enable_plugins_xdist_support(config: pytest.Config) -> None:
     """
     manager = config.pluginmanager
     worker = bool(_workerinput(config))
-    randomly = manager.get_plugin("randomly")
-    hooks = getattr(randomly, "XdistHooks", None)
-    if hooks is not None and not worker and not manager.has_plugin("restask.randomly"):
-        manager.register(hooks(), "restask.randomly")
+    randomly_hooks = getattr(manager.get_plugin("randomly"), "XdistHooks", None)
+    if randomly_hooks is not None and not worker and not manager.has_plugin("restask.randomly"):
+        manager.register(randomly_hooks(), "restask.randomly")
     rerunfailures = manager.get_plugin("rerunfailures")
     if rerunfailures is None or manager.has_plugin("restask.rerunfailures"):
         return

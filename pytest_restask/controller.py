@@ -460,11 +460,11 @@ class Controller:
             elif task.reason in (Reason.CRASHED, Reason.TIMEOUT):
                 when = self._lost_phase(task.id)
                 text = LOST_TEXT.format(detail=task.detail, nodeid=task.name)
-                sched = CrashScheduler(self._config, can_retry=machine.aborted is None)
-                self._report_failure(
-                    task.worker or "", task.id, when, text, sched if task.reason is Reason.CRASHED else None
-                )
-                if sched.pending:  # a plugin runs it again (pytest-rerunfailures)
+                crashed = None
+                if task.reason is Reason.CRASHED:  # a plugin may run it again (pytest_handlecrashitem)
+                    crashed = CrashScheduler(self._config, can_retry=machine.aborted is None)
+                self._report_failure(task.worker or "", task.id, when, text, crashed)
+                if crashed is not None and crashed.pending:
                     self._forget_attempt(task.id)
                     machine.retry(task.id, self._clock())
 

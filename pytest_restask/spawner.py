@@ -96,7 +96,7 @@ class Event:
 class _Process:
     generation: int
     #: Its first message (made when it was asked for).
-    setup: Setup | None = None
+    setup: Setup
     gateway: execnet.Gateway | None = None
     channel: execnet.Channel | None = None
     popen: subprocess.Popen[bytes] | None = None
@@ -345,7 +345,6 @@ class ExecnetSpawner:
             with self._lock:  # against collected(): the digest goes in the setup or after it
                 cancelled = process.cancelled
                 if not cancelled:
-                    assert process.setup is not None
                     setup = dataclasses.replace(process.setup, journal=process.journal)
                     if self._digest is None:
                         setup = dataclasses.replace(setup, collection_follows=True)
