@@ -299,7 +299,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(compat, "restask.compat")
     if config.getoption("shard_plan", False):
         config.option.collectonly = True  # a plan runs nothing
-    settings = Settings(config)
+    settings = Settings.from_config(config)
     if _is_restask_worker(config):
         if not has_xdist(config.pluginmanager):
             compat.enable_plugins_xdist_support(config)

@@ -10,7 +10,10 @@ Imports pytest and the pure modules only.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final, final
 
 import pytest
@@ -34,39 +37,51 @@ def has_xdist(pluginmanager: pytest.PytestPluginManager) -> bool:
 
 
 @final
+@dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
-    """What the options and ini keys say, checked once at configure time."""
+    """What the options and ini keys say, checked once at configure time.
 
-    __slots__ = (
-        "capacities",
-        "failfast",
-        "global_resources",
-        "max_restarts",
-        "shard",
-        "shard_workers",
-        "task_timeout",
-        "workers",
-    )
+    A frozen value: the controller and the state machine get one, so they
+    are built in a unit test from ``Settings(workers=2, ...)`` with no
+    config at all.  :meth:`from_config` makes it for a real run.
+    """
 
-    def __init__(self, config: pytest.Config) -> None:
+    #: Worker processes to start; 0 runs in process.
+    workers: int = 0
+    #: Capacity of each counted resource, from ``restask_resources``.
+    capacities: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    #: Resources with one copy for every CI job of a ``--shard`` split.
+    global_resources: frozenset[str] = frozenset()
+    #: This job's part of a CI split: (K, N), or None.
+    shard: tuple[int, int] | None = None
+    #: Workers per CI job that ``--shard`` balances for (also with --shard-plan, and on workers).
+    shard_workers: int = 1
+    #: Stop starting tests after the first failure.
+    failfast: bool = False
+    #: Seconds a test may take on a worker, or None.
+    task_timeout: float | None = None
+    #: Worker replacements allowed before the run stops.
+    max_restarts: int = 0
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Settings:
+        """Read and check the options and ini keys; raise :class:`pytest.UsageError`."""
         try:
-            #: Capacity of each counted resource, and the global ones, from ``restask_resources``.
-            self.capacities, self.global_resources = parse_resources(config.getini("restask_resources"))
+            capacities, global_resources = parse_resources(config.getini("restask_resources"))
         except ResourceError as e:
             raise pytest.UsageError(f"{e} (in the ini file {config.inipath})") from None
-        #: This job's part of a CI split: (K, N), or None.
-        self.shard = _shard_wanted(config)
-        #: Stop starting tests after the first failure.
-        self.failfast: bool = config.getoption("failfast")
-        #: Seconds a test may take on a worker, or None.
-        self.task_timeout: float | None = config.getoption("task_timeout")
-        #: Worker processes to start; 0 runs in process.
-        self.workers = _workers_wanted(config)
-        #: Workers per CI job that ``--shard`` balances for (also with --shard-plan, and on workers).
-        self.shard_workers = _shard_workers(config)
+        workers = _workers_wanted(config)
         restarts = config.getoption("maxworkerrestart", None)
-        #: Worker replacements allowed before the run stops.
-        self.max_restarts: int = 4 * self.workers if restarts is None else int(restarts)
+        return cls(
+            workers=workers,
+            capacities=MappingProxyType(capacities),
+            global_resources=global_resources,
+            shard=_shard_wanted(config),
+            shard_workers=_shard_workers(config),
+            failfast=config.getoption("failfast"),
+            task_timeout=config.getoption("task_timeout"),
+            max_restarts=4 * workers if restarts is None else int(restarts),
+        )
 
 
 def _shard_wanted(config: pytest.Config) -> tuple[int, int] | None:
