@@ -350,6 +350,28 @@ class LockTable:
                     del self._users[request.name]
         return grant
 
+    def conflict(self, requirement: Requirement, replacing: object = None) -> tuple[str | None, object] | None:
+        """Return what keeps ``requirement`` from being granted now: the
+        resource (None for a serial conflict) and a holder in the way; or None.
+
+        Only asked when someone wants to know (events, reports): the
+        hot path asks :meth:`can_grant`.
+        """
+        if self.can_grant(requirement, replacing):
+            return None
+        others = [holder for holder in self._holders if holder != replacing]
+        serial = [holder for holder in self._serial if holder != replacing]
+        if serial or (requirement.serial and others):
+            return None, (serial or others)[0]
+        for request in requirement.requests:
+            users = {holder: held for holder, held in self._users.get(request.name, {}).items() if holder != replacing}
+            clash = next((holder for holder, held in users.items() if not _compatible(held, request)), None)
+            if clash is not None:
+                return request.name, clash
+            if request.mode is Mode.COUNTED and users and self._free_slots(Requirement((request,)), replacing) is None:
+                return request.name, next(iter(users))  # every slot taken
+        raise AssertionError(f"{requirement.describe()} cannot be granted, yet nothing holds it back")
+
     def _free_slots(self, requirement: Requirement, replacing: object) -> dict[str, tuple[int, ...]] | None:
         """Return the slots a grant would get, or None if it conflicts."""
         replaced = replacing is not None and replacing in self._holders

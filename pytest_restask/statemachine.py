@@ -32,40 +32,41 @@ A worked example with one exclusive "db", tasks ``a`` and ``b`` both on
    are released when its teardown is done.
 
 The machine is pure: it imports neither pytest nor execnet, talks to the
-processes through the :class:`Spawner` protocol, and takes the time as a
-parameter, so it is tested with a fake spawner and a fake clock.
+processes through the :class:`Spawner` protocol, tells what happens to an
+injected :class:`~.events.Observer` (every task transition, what a waiting
+task waits for, every worker phase), and takes the time as a parameter, so
+it is tested with a fake spawner and a fake clock.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import enum
 import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, final
 
+from .events import (
+    REQUEUED,
+    RETRY,
+    Blocker,
+    Observer,
+    Reason,
+    TaskChanged,
+    TaskState,
+    TaskWaiting,
+    WorkerChanged,
+    WorkerPhase,
+)
 from .resources import FREE, Grant, LockTable, Mode, Request, Requirement
 
-__all__ = ["Reason", "Spawner", "StateMachine", "Task", "WorkerPhase"]
+__all__ = ["Reason", "Spawner", "StateMachine", "Task", "TaskState", "WorkerPhase"]
 
 
 #: Why the run stopped when no worker could start.
 EVERY_WORKER_FAILED: Final = "every worker failed to start (see 'failed outside a test' above); fix that and run again"
-
-
-@final
-class Reason(enum.Enum):
-    """Why a task is finished."""
-
-    COMPLETED = "completed"
-    INVALID = "invalid resource declaration"
-    IMPOSSIBLE = "impossible resource request"
-    CRASHED = "worker crashed"
-    TIMEOUT = "timed out"
-    ABORTED = "not run"
 
 
 @final
@@ -94,17 +95,6 @@ class Task:
     reason: Reason | None = None
     #: Human detail of the reason: the crash cause, the abort cause, ...
     detail: str = ""
-
-
-@final
-class WorkerPhase(enum.Enum):
-    """Where one worker process is in its life."""
-
-    STARTING = "starting"
-    IDLE = "idle"
-    BUSY = "busy"
-    KILLING = "killing"
-    GONE = "gone"
 
 
 class Spawner(Protocol):
@@ -272,6 +262,7 @@ class StateMachine:
         task_timeout: float | None = None,
         max_restarts: int = 0,
         prefetch: bool = False,
+        observer: Observer | None = None,
     ) -> None:
         #: The queues; each task is in exactly one of them.
         self.queues = _Queues(requested=list(tasks))
@@ -286,6 +277,10 @@ class StateMachine:
         self._max_restarts = max_restarts
         #: Whether a worker running a free task is sent its next free task at once.
         self._prefetch = prefetch
+        #: Told every transition (see :mod:`.events`); None: nobody listens.
+        self._observer = observer
+        #: What each waiting task was last said to wait for (only with an observer).
+        self._waiting_for: dict[int, Blocker] = {}
         #: How many workers have been replaced so far.
         self.restarts = 0
         #: Workers that ended while running no task, and why (for the summary).
@@ -355,12 +350,16 @@ class StateMachine:
         """Start the workers once, and move requested tasks to triage."""
         if not self._bootstrapped:
             self._bootstrapped = True
-            if self.queues.requested:
-                for worker in self._workers.values():
+            for task in self.queues.requested:
+                self._tell(task, TaskState.REQUESTED, now)
+            for worker in self._workers.values():
+                self._tell_phase(worker, worker.phase, now)
+                if self.queues.requested:
                     self._spawner.start_worker(worker.name)
-            else:
-                for worker in self._workers.values():
-                    worker.phase = WorkerPhase.GONE
+                else:
+                    self._set_phase(worker, WorkerPhase.GONE, now)
+        for task in self.queues.requested:
+            self._tell(task, TaskState.TRIAGING, now)
         self.queues.triaging.extend(self.queues.requested)
         self.queues.requested.clear()
 
@@ -377,7 +376,10 @@ class StateMachine:
             else:
                 runnable.append(task)
         self.queues.triaging.clear()
-        self.queues.ready.extend(prioritize(runnable, self.table, len(self._workers)))
+        ordered = prioritize(runnable, self.table, len(self._workers))
+        for task in ordered:
+            self._tell(task, TaskState.READY, now)
+        self.queues.ready.extend(ordered)
         self._ready_in.update(_module(task) for task in runnable)
 
     def start(self, now: float) -> None:
@@ -385,7 +387,7 @@ class StateMachine:
         for worker in self._workers.values():
             if worker.phase is not WorkerPhase.IDLE:
                 continue
-            task = self._pick(replacing=None, worker=worker)
+            task = self._pick(replacing=None, worker=worker, now=now)
             if task is None:
                 break
             self._dispatch(task, worker, now, replacing=None)
@@ -415,7 +417,7 @@ class StateMachine:
         """A worker finished starting and waits for work."""
         state = self._workers[worker]
         assert state.phase is WorkerPhase.STARTING, (worker, state.phase)
-        state.phase = WorkerPhase.IDLE
+        self._set_phase(state, WorkerPhase.IDLE, now)
         self._ever_ready = True
         self._release_held_back(now)  # their failure was their own
         self.start(now)
@@ -434,7 +436,7 @@ class StateMachine:
             return  # being killed: the answer would never be read
         if state.queued:
             return  # answered ahead (see _send_ahead): that answer is on its way
-        task = self._pick(replacing=current, worker=state)
+        task = self._pick(replacing=current, worker=state, now=now)
         if task is None:
             state.told_nothing = True
             self._spawner.send_next(worker, None, keep_fixtures=False, final=self._nothing_waits())
@@ -462,7 +464,7 @@ class StateMachine:
         else:
             state.running = None
             if state.phase is WorkerPhase.BUSY:
-                state.phase = WorkerPhase.IDLE
+                self._set_phase(state, WorkerPhase.IDLE, now)
         self.start(now)
 
     def worker_died(self, worker: str, cause: str, now: float, start_failed: bool = False) -> None:
@@ -496,11 +498,10 @@ class StateMachine:
         state.queued_seconds = 0.0
         state.running = state.kill_reason = None
         state.told_nothing = False
+        self._set_phase(state, WorkerPhase.GONE, now)
         if self.done or self.aborted is not None:
-            state.phase = WorkerPhase.GONE
             self._tell_lost(lost, "")
             return
-        state.phase = WorkerPhase.GONE
         if start_failed and not self._ever_ready:
             # replaced only once another worker started: if the same start-up
             # fails everywhere, replacing would fail again
@@ -522,7 +523,7 @@ class StateMachine:
             return
         self.restarts += 1
         self._tell_lost(lost, "it was replaced")
-        self._workers[worker].phase = WorkerPhase.STARTING
+        self._set_phase(self._workers[worker], WorkerPhase.STARTING, now)
         self._spawner.start_worker(worker)
 
     def _tell_lost(self, line: str, outcome: str) -> None:
@@ -554,6 +555,7 @@ class StateMachine:
         )
         self.queues.ready.insert(0, task)
         self._ready_in[_module(task)] += 1
+        self._tell(task, TaskState.READY, now, cause=RETRY)
         self.start(now)
         return True
 
@@ -566,7 +568,7 @@ class StateMachine:
         for worker in self.overdue(now):
             state = self._workers[worker]
             assert state.running is not None
-            state.phase = WorkerPhase.KILLING
+            self._set_phase(state, WorkerPhase.KILLING, now)
             state.kill_reason = (
                 state.running,
                 Reason.TIMEOUT,
@@ -574,7 +576,7 @@ class StateMachine:
             )
             self._spawner.kill_worker(state.name)
 
-    def shutdown(self) -> None:
+    def shutdown(self, now: float = 0.0) -> None:
         """Stop every worker; call once the run is done.
 
         Idle workers shut down cleanly (their session fixtures end); a worker
@@ -586,7 +588,8 @@ class StateMachine:
                 self._spawner.stop_worker(state.name)
             elif state.phase is WorkerPhase.STARTING:
                 self._spawner.kill_worker(state.name)
-            state.phase = WorkerPhase.GONE
+            if state.phase is not WorkerPhase.GONE:
+                self._set_phase(state, WorkerPhase.GONE, now)
 
     # -- implementation ------------------------------------------------------
 
@@ -629,7 +632,7 @@ class StateMachine:
         limit = min(AHEAD_TASKS, len(state.queued) + share)
         sent: list[Task] = []
         while len(state.queued) < limit and state.queued_seconds < AHEAD_SECONDS:
-            task = self._pick(replacing=running, short_and_free=True, worker=state)
+            task = self._pick(replacing=running, short_and_free=True, worker=state, now=now)
             if task is None:
                 break
             self._dispatch(task, state, now, replacing=running)
@@ -638,7 +641,9 @@ class StateMachine:
         if sent:
             self._spawner.send_ahead(state.name, sent)
 
-    def _pick(self, replacing: Task | None, short_and_free: bool = False, worker: _Worker | None = None) -> Task | None:
+    def _pick(
+        self, replacing: Task | None, short_and_free: bool = False, worker: _Worker | None = None, now: float = 0.0
+    ) -> Task | None:
         """Return the ready task to start now: the first one that can be
         granted, honouring claims (with ``short_and_free``: of the free ones
         expected to be short), unless ``worker`` has a better one nearby.
@@ -662,7 +667,7 @@ class StateMachine:
         near = None if worker is None else worker.module()
         near_left = near is not None and self._ready_in[near] > 0
         avoid = set() if worker is None else {w.module() for w in self._workers.values() if w is not worker}
-        claims: list[Requirement] = []
+        claims: list[Task] = []
         first: Task | None = None
         first_index = first_length = fresh = -1
         for index, task in enumerate(self.queues.ready):
@@ -673,7 +678,10 @@ class StateMachine:
                 if requirement.serial:
                     break  # nothing may pass a waiting serial task
                 continue
-            if any(_claim_blocks(c, requirement) for c in claims):
+            claim = next((c for c in claims if _claim_blocks(c.requirement, requirement)), None)
+            if claim is not None:
+                if self._observer is not None:
+                    self._tell_waiting(task, _claim_blocker(claim, requirement), now)
                 continue
             if self.table.can_grant(requirement, replacing=holder):
                 module = _module(task)
@@ -686,9 +694,12 @@ class StateMachine:
                     if not near_left:
                         break
                 continue
+            if self._observer is not None:
+                resource, other = self.table.conflict(requirement, holder) or (None, -1)
+                self._tell_waiting(task, Blocker(resource, other if isinstance(other, int) else -1), now)
             if requirement.serial:
                 break  # nothing may pass a waiting serial task
-            claims.append(requirement)
+            claims.append(task)
         if fresh >= 0:
             return self._take(fresh)
         return None if first is None or short_and_free else self._take(first_index)
@@ -702,10 +713,13 @@ class StateMachine:
         task.grant = self.table.grant(task.id, task.requirement, None if replacing is None else replacing.id)
         task.worker = worker.name
         self.queues.started[task.id] = task
+        if self._observer is not None:
+            self._waiting_for.pop(task.id, None)
+            self._tell(task, TaskState.STARTED, now)
         if replacing is None:
             task.started_at = now
             worker.running = task
-            worker.phase = WorkerPhase.BUSY
+            self._set_phase(worker, WorkerPhase.BUSY, now)
         return task.grant
 
     def _requeue(self, task: Task, now: float) -> None:
@@ -713,9 +727,14 @@ class StateMachine:
         (or finish it, when the run was aborted meanwhile)."""
         self.table.release(task.id)
         del self.queues.started[task.id]
+        worker = task.worker
         task.worker = task.grant = task.started_at = None
         self.queues.ready.insert(0, task)
         self._ready_in[_module(task)] += 1
+        if self._observer is not None:
+            self._observer.task_changed(
+                TaskChanged(now, task.id, task.name, TaskState.READY, worker=worker, cause=REQUEUED)
+            )
         if self.aborted is not None:
             self.abort_queue(self.queues.ready, *self.aborted, now)
 
@@ -726,11 +745,60 @@ class StateMachine:
         task.reason = reason
         task.detail = detail
         self.queues.finished.append(task)
+        if self._observer is not None:
+            self._waiting_for.pop(task.id, None)
+            self._tell(task, TaskState.FINISHED, now)
+
+    # -- telling the observer ------------------------------------------------
+
+    def _tell(self, task: Task, state: TaskState, now: float, cause: str | None = None) -> None:
+        if self._observer is not None:
+            self._observer.task_changed(
+                TaskChanged(
+                    now,
+                    task.id,
+                    task.name,
+                    state,
+                    worker=task.worker,
+                    reason=task.reason if state is TaskState.FINISHED else None,
+                    detail=task.detail if state is TaskState.FINISHED else "",
+                    grant=task.grant if state is TaskState.STARTED else None,
+                    cause=cause,
+                )
+            )
+
+    def _tell_waiting(self, task: Task, blocker: Blocker, now: float) -> None:
+        """Tell what holds a ready task back, when that changed."""
+        assert self._observer is not None
+        if self._waiting_for.get(task.id) != blocker:
+            self._waiting_for[task.id] = blocker
+            self._observer.task_waiting(TaskWaiting(now, task.id, task.name, blocker))
+
+    def _set_phase(self, worker: _Worker, phase: WorkerPhase, now: float) -> None:
+        worker.phase = phase
+        self._tell_phase(worker, phase, now)
+
+    def _tell_phase(self, worker: _Worker, phase: WorkerPhase, now: float) -> None:
+        if self._observer is not None:
+            self._observer.worker_changed(WorkerChanged(now, worker.name, phase))
 
 
 def _module(task: Task) -> str:
     """Return the file part of a task's node id (all of it without ``::``)."""
     return task.name.partition("::")[0]
+
+
+def _claim_blocker(claim: Task, requirement: Requirement) -> Blocker:
+    """Say which resource of a waiting task's claim holds ``requirement`` back."""
+    if claim.requirement.serial or requirement.serial:
+        return Blocker(None, claim.id, claim=True)
+    mine = {r.name: r.mode for r in requirement.requests}
+    resource = next(
+        r.name
+        for r in claim.requirement.requests
+        if r.name in mine and not (r.mode is Mode.SHARED and mine[r.name] is Mode.SHARED)
+    )
+    return Blocker(resource, claim.id, claim=True)
 
 
 def _short_and_free(task: Task) -> bool:

@@ -172,7 +172,7 @@ class SimSpawner:
             else:
                 break
             assert self.now < limit, "simulation did not end"
-        sm.shutdown()
+        sm.shutdown(self.now)
 
 
 def make_machine(

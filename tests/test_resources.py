@@ -253,3 +253,16 @@ def test_random_sequences_keep_the_rule(ops: list[tuple[bool, Requirement]]) -> 
     for key in held:
         table.release(key)
     assert table.is_empty()
+
+
+def test_conflict_names_the_resource_and_a_holder_in_the_way() -> None:
+    table = LockTable({"gpu": 2})
+    gpu = Requirement((Request("gpu", Mode.COUNTED, 1),))
+    table.grant(1, gpu)
+    assert table.conflict(gpu) is None  # a slot is left
+    table.grant(2, gpu)
+    assert table.conflict(gpu) == ("gpu", 1)  # every slot taken
+    assert table.conflict(gpu, replacing=1) is None  # a hand-over frees its slot
+    table.grant(3, Requirement((Request("db", Mode.SHARED),)))
+    assert table.conflict(Requirement((Request("db", Mode.EXCLUSIVE),))) == ("db", 3)
+    assert table.conflict(Requirement(serial=True)) == (None, 1)

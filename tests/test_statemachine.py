@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pytest_restask.events import Blocker, TaskChanged, TaskState, TaskWaiting, WorkerChanged
 from pytest_restask.resources import LockTable, Mode, Request, Requirement, merge_requests
 from pytest_restask.statemachine import AHEAD_TASKS, EVERY_WORKER_FAILED, Reason, StateMachine, Task, WorkerPhase
 
@@ -502,3 +503,101 @@ def test_a_late_done_dates_the_next_task_from_when_the_last_one_ended() -> None:
     assert sm.overdue(1.1) == ["gw0"]
     sm.task_done("gw0", 1, now=1.2, ended=5.0)  # a clock ahead of now counts as now
     assert [t.finished_at for t in sm.finished] == [pytest.approx(0.1), pytest.approx(1.2)]
+
+
+class Recorder:
+    """An observer that keeps every event, as the hooks and reports will see them."""
+
+    def __init__(self) -> None:
+        self.tasks: list[TaskChanged] = []
+        self.waits: list[TaskWaiting] = []
+        self.workers: list[WorkerChanged] = []
+        self.order: list[float] = []
+
+    def task_changed(self, event: TaskChanged) -> None:
+        self.tasks.append(event)
+        self.order.append(event.time)
+
+    def task_waiting(self, event: TaskWaiting) -> None:
+        self.waits.append(event)
+        self.order.append(event.time)
+
+    def worker_changed(self, event: WorkerChanged) -> None:
+        self.workers.append(event)
+        self.order.append(event.time)
+
+    def states(self, task_id: int) -> list[tuple[float, str, str | None, str]]:
+        return [
+            (e.time, e.state.value, e.worker, e.reason.value if e.reason else e.cause or "")
+            for e in self.tasks
+            if e.task_id == task_id
+        ]
+
+
+def test_the_observer_is_told_every_transition_of_a_run_with_a_crash_a_timeout_and_an_abort() -> None:
+    """Two workers (0.5 s to start).  t0 and t1 both need "db"; t2 crashes
+    its worker half-way (the worker is replaced); t3 hangs and times out
+    after 2 s; at 2.0 the run is aborted (failfast), so t4 and t5 never
+    start.  Every event comes with the fake clock's time, in order."""
+    db = needs(Request("db", EX))
+    reqs = [db, db, needs(), needs(), needs(), needs()]
+    plans = [Plan(body=1.0), Plan(body=1.0), Plan(crash=True), Plan(hang=True), Plan(), Plan()]
+    recorder = Recorder()
+    sm, sim = make_machine(reqs, plans, workers=2, task_timeout=2.0, max_restarts=4, observer=recorder)
+    sim.run(sm, until=2.0)
+    sm.abort(Reason.ABORTED, "stopping after the first failure (--failfast)", 2.0)
+    sim.run(sm)
+
+    queued = [(0.0, "requested", None, ""), (0.0, "triaging", None, ""), (0.0, "ready", None, "")]
+    assert recorder.states(0) == [*queued, (0.5, "started", "gw0", ""), (1.5, "finished", "gw0", "completed")]
+    # handed over at t0's teardown, on gw0
+    assert recorder.states(1) == [*queued, (1.5, "started", "gw0", ""), (2.5, "finished", "gw0", "completed")]
+    assert recorder.states(2) == [*queued, (0.5, "started", "gw1", ""), (1.0, "finished", "gw1", "worker crashed")]
+    assert recorder.states(3) == [*queued, (1.5, "started", "gw1", ""), (3.5, "finished", "gw1", "timed out")]
+    for never in (4, 5):
+        assert recorder.states(never) == [*queued, (2.0, "finished", None, "not run")]
+        aborted = [e for e in recorder.tasks if e.task_id == never][-1]
+        assert aborted.detail == "stopping after the first failure (--failfast)"
+    # the grant comes with "started": resources, modes and slots
+    started = next(e for e in recorder.tasks if e.task_id == 0 and e.state is TaskState.STARTED)
+    assert started.grant is not None
+    assert started.grant.requirement == db
+    # t1 waited for "db", which t0 held, from the first time it could not start
+    assert [(e.time, e.task_id, e.blocker) for e in recorder.waits] == [(0.5, 1, Blocker("db", 0))]
+    # gw1: crashed and replaced; killed for the timeout, and not replaced after the abort
+    phases = [(e.time, e.phase.value) for e in recorder.workers if e.worker == "gw1"]
+    assert phases == [
+        (0.0, "starting"),
+        (0.5, "idle"),
+        (0.5, "busy"),
+        (1.0, "gone"),
+        (1.0, "starting"),
+        (1.5, "idle"),
+        (1.5, "busy"),
+        (3.5, "killing"),
+        (3.5, "gone"),
+    ]
+    assert [(e.time, e.phase.value) for e in recorder.workers if e.worker == "gw0"][-2:] == [
+        (2.5, "idle"),
+        (3.5, "gone"),  # shut down at the end
+    ]
+    assert recorder.order == sorted(recorder.order)
+
+
+def test_a_task_given_back_by_a_dying_worker_is_ready_again_as_requeued() -> None:
+    """t1 is handed over to gw0 at t0's teardown; gw0 dies in that teardown,
+    before t1 began: t1 goes back to ready with the cause "requeued" and the
+    worker it was on, then runs on a replacement."""
+    db = needs(Request("db", EX))
+    recorder = Recorder()
+    sm, sim = make_machine(
+        [db, db], [Plan(body=1.0, teardown=1.0), Plan()], workers=1, max_restarts=4, observer=recorder
+    )
+    sim.run(sm, until=1.6)  # t0 in its teardown, t1 handed over
+    sim.now = 1.7
+    sim.kill_worker("gw0")  # dies as a process does: the simulation knows
+    sim.run(sm)
+    states = [(time, state, worker, why) for time, state, worker, why in recorder.states(1)[3:]]
+    assert states[:2] == [(1.5, "started", "gw0", ""), (1.7, "ready", "gw0", "requeued")]
+    assert [state for _, state, _, _ in states[2:]] == ["started", "finished"]
+    assert states[-1][3] == "completed"
