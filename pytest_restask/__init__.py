@@ -13,3 +13,7 @@ would otherwise warn in every in-process run that it cannot rewrite it.
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from .declarations import requires
+
+__all__ = ["requires"]

@@ -39,6 +39,7 @@ from .compat import CrashScheduler, WorkerNode
 from .declarations import declaration_error, declaration_of
 from .durations import Durations
 from .messages import (
+    CAPACITIES_KEY,
     SHARD_WORKERS_KEY,
     AtTeardown,
     Done,
@@ -60,6 +61,7 @@ from .resources import LockTable
 from .settings import Settings
 from .spawner import STOP_GRACE, Event, ExecnetSpawner
 from .statemachine import Reason, StateMachine, Task
+from .taskstate import Outcomes, TaskStateHook, has_listeners
 
 __all__ = ["Controller"]
 
@@ -151,6 +153,8 @@ class Controller:
         self._nodes: dict[str, WorkerNode] = {}
         #: How many processes each worker name has had (for its --basetemp).
         self._generations: collections.Counter[str] = collections.Counter()
+        #: Each task's outcome so far, for ``pytest_restask_task_state``.
+        self._outcomes = Outcomes()
 
     # -- hooks --------------------------------------------------------------------
 
@@ -238,6 +242,7 @@ class Controller:
             prefetch=not (
                 self._settings.failfast or self._config.option.maxfail or self._config.getoption("stepwise", False)
             ),
+            observer=TaskStateHook(self._config, self._outcomes.word) if has_listeners(self._config) else None,
         )
         self._session = session
         completed = False
@@ -309,7 +314,7 @@ class Controller:
                 self._handle(event, machine)
             self._settle(machine)
         self._span = (started, self._clock())
-        machine.shutdown()
+        machine.shutdown(self._span[1])
 
     def _next_event(self, spawner: ExecnetSpawner, timeout: float | None) -> Event | None:
         """Return the next event, or None after ``timeout`` seconds; the
@@ -490,6 +495,7 @@ class Controller:
     def _replay(self, worker: str, task_id: int, report: pytest.TestReport) -> None:
         self._log_start(task_id)
         self._phases.setdefault(task_id, {})[report.when or ""] = report.outcome
+        self._outcomes.note(task_id, report)
         self._busy += report.duration
         self._replaying = worker
         try:
@@ -522,6 +528,7 @@ class Controller:
         self._phases.pop(task_id, None)
         self._fields.pop(task_id, None)
         self._in_teardown.discard(task_id)
+        self._outcomes.forget(task_id)
 
     def _lost_phase(self, task_id: int) -> Phase:
         """Return the phase a test was in when its worker was lost.
@@ -591,6 +598,7 @@ class Controller:
             "testrunuid": self._testrunuid,
             "mainargv": list(sys.argv),
             SHARD_WORKERS_KEY: self._settings.shard_workers,
+            CAPACITIES_KEY: dict(self._settings.capacities),
         }
         node = self._nodes[worker] = WorkerNode(worker, self._config, workerinput, self._settings.workers)
         self._config.hook.pytest_configure_node(node=node)

@@ -1,33 +1,57 @@
 """What a test declares to the scheduler: its resources and its time limit.
 
-The markers (``@pytest.mark.resource``, ``@pytest.mark.serial``,
-``@pytest.mark.timeout``) are read here, once per item, into a
-:class:`Declaration`, or into the message that says why the declaration is
-wrong.  The plugin (in process), the controller and ``--shard`` all ask
-this module, so a test's verdict is the same in every mode.  Declarations
-on fixtures, from the ini file and from other plugins' hooks join here.
+A test needs what its markers (``@pytest.mark.resource``,
+``@pytest.mark.serial``) ask for, merged (strongest wins) with what every
+fixture that applies to it asks for: fixtures decorated with
+:func:`requires`, and fixtures named in the ``restask_fixtures`` ini key.
+Its time limit comes from ``@pytest.mark.timeout``.  This is read here,
+once per item, into a :class:`Declaration`, or into the message that says
+why the declaration is wrong.  The plugin (in process), the controller and
+``--shard`` all ask this module, so a test's verdict is the same in every
+mode.
 
-Imports pytest and :mod:`.resources` only: neither the plugin nor the
-controller, which both import it.
+Which fixtures apply is pytest's answer, not a second one: the fixture
+closure pytest computed for the test (direct arguments, ``usefixtures``,
+autouse, and what those request in turn), each name resolved to the
+definition that is closest to the test; a definition that requests its own
+name (an override that uses the fixture it overrides) brings the one it
+overrides too.  pytest keeps this in the private ``item._fixtureinfo`` and
+``session._fixturemanager``; :func:`applying_fixtures` is the one place
+that reads them.
+
+Imports pytest, :mod:`.resources` and :mod:`.settings` only: neither the
+plugin nor the controller, which both import it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Final, final
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Final, TypeVar, final
 
 import pytest
 
-from .resources import LockTable, Requirement, ResourceError, merge_requests, parse_resource_marker, parse_serial_marker
+from .resources import (
+    LockTable,
+    Request,
+    Requirement,
+    ResourceError,
+    merge_requests,
+    parse_resource_marker,
+    parse_serial_marker,
+)
+from .settings import settings_of
 
 __all__ = [
     "TIMEOUT_MARGIN",
     "Declaration",
+    "applying_fixtures",
     "declaration_error",
     "declaration_of",
+    "fixture_requests",
     "parse_timeout_marker",
     "requirement_of",
+    "requires",
 ]
 
 #: Extra seconds before restask ends a test marked ``timeout(S)`` where
@@ -48,8 +72,120 @@ class Declaration:
     timeout: float | None = None
 
 
+#: Where :func:`requires` keeps its declarations: on the fixture's own
+#: function, a list of ``(names, options)`` as they were written.
+REQUIRES_ATTRIBUTE: Final = "_restask_requires"
+INVALID_ON_FIXTURE: Final = "invalid resource declaration on fixture {fixture!r} (used by {nodeid}): {error}"
+
+_F = TypeVar("_F")
+
+
+def requires(*names: object, **options: object) -> Callable[[_F], _F]:
+    """Declare that a fixture needs resources: every test that uses it does.
+
+    ``requires(*names, shared=False, slots=None)``: the arguments of
+    ``@pytest.mark.resource``, with the same meaning.  Stack it on a fixture
+    function, above or below ``@pytest.fixture``; it returns what it was
+    given.  The arguments are checked when a test uses the fixture, not
+    here: a mistake errors the tests that use it (with the marker's message,
+    naming the fixture and the test), and the module still imports.
+    """
+
+    def declare(fixture: _F) -> _F:
+        function = _innermost(fixture)
+        declared = list(getattr(function, REQUIRES_ATTRIBUTE, ()))
+        declared.append((names, dict(options)))
+        setattr(function, REQUIRES_ATTRIBUTE, declared)
+        return fixture
+
+    if len(names) == 1 and not options and callable(names[0]) and not isinstance(names[0], str):
+        # ``@requires`` without its parentheses: the function would become
+        # ``declare``; keep it, and its tests get the "names must be strings" error
+        return declare(names[0])
+    return declare
+
+
+def _innermost(function: Any) -> Any:
+    """Return the function a fixture definition wraps, all the way down:
+    pytest >= 8.4's fixture definition object, pytest 8.0-8.3's wrapper,
+    ``functools.wraps`` wrappers (pytest-asyncio's among them), methods."""
+    seen: set[int] = set()
+    while id(function) not in seen:
+        seen.add(id(function))
+        if callable(getattr(type(function), "_get_wrapped_function", None)):
+            function = function._get_wrapped_function()
+        elif getattr(function, "__pytest_wrapped__", None) is not None:
+            function = function.__pytest_wrapped__.obj
+        elif getattr(function, "__wrapped__", None) is not None:
+            function = function.__wrapped__
+        elif getattr(function, "__func__", None) is not None:
+            function = function.__func__
+        else:
+            break
+    return function
+
+
+_FIXTURE_REQUESTS_KEY: Final = pytest.StashKey[dict[object, "tuple[Request, ...] | str"]]()
+
+
+def fixture_requests(fixturedef: pytest.FixtureDef[Any], config: pytest.Config) -> tuple[Request, ...]:
+    """Return what a fixture definition needs (:func:`requires` and
+    ``restask_fixtures``); raise :class:`ResourceError` for a bad :func:`requires`."""
+    known = config.stash.setdefault(_FIXTURE_REQUESTS_KEY, {})
+    found = known.get(fixturedef)
+    if found is None:
+        try:
+            requests = list(settings_of(config).fixture_resources.get(fixturedef.argname, ()))
+            for names, options in getattr(_innermost(fixturedef.func), REQUIRES_ATTRIBUTE, ()):
+                requests.extend(parse_resource_marker(names, options))
+            found = tuple(requests)
+        except ResourceError as e:
+            found = str(e)
+        known[fixturedef] = found
+    if isinstance(found, str):
+        raise ResourceError(found)
+    return found
+
+
+def applying_fixtures(item: pytest.Item) -> Iterator[pytest.FixtureDef[Any]]:
+    """Yield every fixture definition that applies to a test (see the module docstring)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:  # not a function (a plugin's own item type): no fixtures
+        return
+    definitions: Mapping[str, Sequence[pytest.FixtureDef[Any]]] = info.name2fixturedefs
+    manager = getattr(item.session, "_fixturemanager")  # noqa: B009 - private, see the module docstring
+    names = list(info.names_closure)
+    seen = set(names)
+    for name in names:  # grows as definitions request more
+        found = definitions.get(name) or manager.getfixturedefs(name, item) or ()
+        index = len(found) - 1
+        while index >= 0:
+            fixturedef = found[index]
+            yield fixturedef
+            for argname in fixturedef.argnames:
+                if argname not in seen:
+                    seen.add(argname)
+                    names.append(argname)
+            # an override that requests its own name uses the one it overrides
+            index = index - 1 if name in fixturedef.argnames else -1
+
+
+def _fixture_requests_of(item: pytest.Item) -> list[Request]:
+    """Return the requests of the fixtures that apply to a test; raise
+    :class:`ResourceError` naming the first fixture with a bad declaration."""
+    requests: list[Request] = []
+    for fixturedef in applying_fixtures(item):
+        try:
+            requests.extend(fixture_requests(fixturedef, item.config))
+        except ResourceError as e:
+            raise ResourceError(
+                INVALID_ON_FIXTURE.format(fixture=fixturedef.argname, nodeid=item.nodeid, error=e)
+            ) from None
+    return requests
+
+
 def declaration_of(item: pytest.Item) -> Declaration:
-    """Return what a test declares, from its markers; raise :class:`ResourceError`."""
+    """Return what a test declares, from its markers and fixtures; raise :class:`ResourceError`."""
     cached = item.stash.get(_DECLARATION_KEY, None)
     if cached is None:
         try:
@@ -60,11 +196,15 @@ def declaration_of(item: pytest.Item) -> Declaration:
             for mark in item.iter_markers("serial"):
                 parse_serial_marker(mark.args, mark.kwargs)
                 serial = True
-            requirement = merge_requests(requests, serial)
         except ResourceError as e:
             cached = f"invalid resource declaration on {item.nodeid}: {e}"
         else:
-            cached = _with_timeout(item, requirement)
+            try:
+                requests.extend(_fixture_requests_of(item))
+            except ResourceError as e:
+                cached = str(e)
+            else:
+                cached = _with_timeout(item, merge_requests(requests, serial))
         item.stash[_DECLARATION_KEY] = cached
     if isinstance(cached, str):
         raise ResourceError(cached)

@@ -63,6 +63,10 @@ WORKERINPUT_KEY: Final = "restask_protocol"
 #: ``config.workerinput`` key: the workers per job that ``--shard`` balanced
 #: for, so that a worker (run with ``-n 0``) splits as the controller did.
 SHARD_WORKERS_KEY: Final = "restask_shard_workers"
+#: ``config.workerinput`` key: the capacities of counted resources, as the
+#: controller merged them from the ini file and ``pytest_restask_capacities``
+#: (which is called once, on the controller).
+CAPACITIES_KEY: Final = "restask_capacities"
 #: Fields of a serialized report that the controller takes from its own
 #: item instead (they are the item's): fewer bytes on the wire, and the
 #: controller's reports share their strings with its items.
@@ -73,7 +77,7 @@ ITEM_FIELDS: Final = ("nodeid", "location", "keywords")
 JOURNAL_TEARDOWN: Final = "teardown"
 JOURNAL_DONE: Final = "done"
 #: Bumped whenever a message changes shape.
-PROTOCOL_VERSION: Final = 9
+PROTOCOL_VERSION: Final = 10
 
 Wire: TypeAlias = tuple[str, dict[str, Any]]
 #: A phase that passed with no output, properties or extra attributes:
@@ -150,6 +154,10 @@ class Next(Message):
     keep_fixtures: bool = False
     #: Nothing more is expected soon: end session-scoped fixtures too.
     final: bool = False
+    #: What the task was granted, ``(name, mode, slots)`` each (see
+    #: :func:`~.holds.grant_of`): fixtures that need resources are checked
+    #: against it, and live on into the task only where it keeps their hold.
+    requests: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
 
 
 @final

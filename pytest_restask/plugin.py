@@ -31,13 +31,15 @@ from typing import Final, final
 
 import pytest
 
-from . import compat, durations, heap, holds, xdisthooks
+from . import compat, durations, heap, hookspecs, xdisthooks
 from .declarations import declaration_error, requirement_of
 from .durations import Durations, DurationsRecorder
+from .holds import SLOTS_KEY, Holds
 from .messages import WORKERINPUT_KEY
-from .resources import FREE, LockTable
+from .resources import FIXTURE_LINE_FORM, FREE, Grant, LockTable
 from .settings import AUTO_KEY, Settings, has_xdist, numprocesses, owns_n
 from .sharding import Shard, ShardTest, split
+from .taskstate import LocalTaskStates
 
 __all__ = [
     "FAILFAST_REASON",
@@ -60,6 +62,10 @@ TIMEOUT_DESC: Final = (
 RESOURCES_DESC: Final = (
     "Capacities of counted resources, one 'name: capacity' line each (default capacity: 1); "
     "'name: capacity global' for one copy shared by all --shard jobs"
+)
+FIXTURES_DESC: Final = (
+    f"Resources of fixtures you do not own (a plugin's), one '{FIXTURE_LINE_FORM}' line each: "
+    "every test that uses the fixture needs the resource"
 )
 SHARD_DESC: Final = "Run only part K of N of the selected tests, balanced by durations and resources (CI jobs)"
 SHARD_PLAN_DESC: Final = "With --shard K/N: show every shard's test count, expected time and bottleneck; run nothing"
@@ -151,6 +157,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--shard-plan", dest="shard_plan", action="store_true", default=False, help=SHARD_PLAN_DESC)
     group.addoption("--durations-file", dest="durations_file", metavar="FILE", default=None, help=DURATIONS_FILE_DESC)
     parser.addini("restask_resources", RESOURCES_DESC, type="linelist", default=[])
+    parser.addini("restask_fixtures", FIXTURES_DESC, type="linelist", default=[])
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -312,6 +323,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(ShardSelection(config, settings, recorder.durations), "restask.shard")
     config.pluginmanager.register(LocalRun(config, settings), "restask.local")
     if not settings.workers:
+        config.pluginmanager.register(LocalTaskStates(config), "restask.taskstate")
         if settings.task_timeout is not None:
             config.issue_config_time_warning(pytest.PytestConfigWarning(NOT_APPLY_TIMEOUT), stacklevel=2)
         return
@@ -340,7 +352,11 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def restask_slots(request: pytest.FixtureRequest) -> dict[str, list[int]]:
     """The slot numbers of each counted resource this test holds, e.g. ``{"gpu": [1]}``."""
-    return {name: list(numbers) for name, numbers in request.node.stash.get(holds.SLOTS_KEY, {}).items()}
+    return {name: list(numbers) for name, numbers in request.node.stash.get(SLOTS_KEY, {}).items()}
+
+
+#: The holder of a grant made only to see what the next test would hold.
+_PREVIEW: Final = object()
 
 
 @final
@@ -357,6 +373,9 @@ class LocalRun:
         self._settings = settings
         #: Slots handed to tests running in this process.
         self.table = LockTable(settings.capacities)
+        #: The hold of the test running here, and the fixtures living under holds.
+        self.holds = Holds(config)
+        config.pluginmanager.register(self.holds, "restask.holds")
         #: Tests whose reporting finished (in any mode).
         self._finished = 0
         self._interrupted = False
@@ -379,17 +398,30 @@ class LocalRun:
         error = declaration_error(item, self.table)
         if error is not None:
             pytest.fail(error, pytrace=False)
-        grant = self.table.grant(item, requirement_of(item))
-        holds.enter(item, grant.slots)
+        self.holds.enter(item, self.table.grant(item, requirement_of(item)))
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_teardown(self, item: pytest.Item) -> object:
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> object:
         __tracebackhide__ = True  # a fixture's teardown error shows the fixture, as serially
         try:
             return (yield)
         finally:
-            if self.table.release(item) is not None:
-                holds.leave(item)
+            try:
+                if nextitem is not None:  # without one, pytest ends every fixture
+                    self.holds.end_unheld(self._following(item, nextitem))
+            finally:
+                if self.table.release(item) is not None:
+                    self.holds.leave(item)
+
+    def _following(self, item: pytest.Item, nextitem: pytest.Item) -> Grant | None:
+        """Return what the next test will hold, handed over from ``item``
+        as a worker's next test is (None: it will not run, so nothing)."""
+        if declaration_error(nextitem, self.table) is not None:
+            return None
+        held = self.table.grant_of(item) is not None
+        following = self.table.grant(_PREVIEW, requirement_of(nextitem), replacing=item if held else None)
+        self.table.release(_PREVIEW)
+        return following
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         session = self._session

@@ -35,6 +35,7 @@ __all__ = [
     "ResourceError",
     "merge_requests",
     "parse_capacities",
+    "parse_fixture_lines",
     "parse_resources",
     "parse_resource_marker",
     "parse_serial_marker",
@@ -219,6 +220,47 @@ def parse_resources(lines: Iterable[str]) -> tuple[dict[str, int], frozenset[str
         if scope == GLOBAL:
             global_names.add(name)
     return capacities, frozenset(global_names)
+
+
+_FIXTURE_LINE = re.compile(r"^(?P<fixture>[^:\s]+)\s*:\s*(?P<resource>\S+)(?:\s+(?P<mode>\S+))?$")
+FIXTURE_LINE_FORM: Final = "FIXTURE: RESOURCE [shared | slots=N]"
+
+
+def parse_fixture_lines(lines: Iterable[str]) -> dict[str, tuple[Request, ...]]:
+    """Parse ``restask_fixtures`` lines ``FIXTURE: RESOURCE [shared | slots=N]``
+    into the requests of each fixture (a fixture may have several lines).
+
+    Blank lines and lines starting with ``#`` are skipped.  Raise
+    :class:`ResourceError` quoting the first bad line.
+    """
+    found: dict[str, list[Request]] = {}
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _FIXTURE_LINE.match(line)
+        if match is None:
+            raise ResourceError(
+                f"restask_fixtures line {line!r} is not of the form '{FIXTURE_LINE_FORM}' (e.g. 'db: database')"
+            )
+        mode = match.group("mode")
+        options: dict[str, object] = {}
+        if mode == "shared":
+            options["shared"] = True
+        elif mode is not None and mode.startswith("slots="):
+            count = mode.removeprefix("slots=")
+            options["slots"] = int(count) if count.isdigit() else count
+        elif mode is not None:
+            raise ResourceError(
+                f"restask_fixtures line {line!r}: after the resource only 'shared' or 'slots=N' may follow, "
+                f"got {mode!r}"
+            )
+        try:
+            requests = parse_resource_marker((match.group("resource"),), options)
+        except ResourceError as e:
+            raise ResourceError(f"restask_fixtures line {line!r}: {e}") from None
+        found.setdefault(match.group("fixture"), []).extend(requests)
+    return {fixture: tuple(requests) for fixture, requests in found.items()}
 
 
 def slot_env_name(resource: str) -> str:

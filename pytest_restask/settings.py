@@ -19,13 +19,30 @@ from typing import Final, final
 import pytest
 
 from . import cpus
-from .messages import SHARD_WORKERS_KEY
-from .resources import ResourceError, parse_resources
+from .messages import CAPACITIES_KEY, SHARD_WORKERS_KEY
+from .resources import Request, ResourceError, parse_fixture_lines, parse_resources
 from .sharding import ShardError, parse_shard
 
-__all__ = ["AUTO_HOOK_ANSWER", "AUTO_KEY", "SHARD_PLAN_NEEDS_SHARD", "Settings", "has_xdist", "numprocesses", "owns_n"]
+__all__ = [
+    "AUTO_HOOK_ANSWER",
+    "AUTO_KEY",
+    "CAPACITY_HOOK_ANSWER",
+    "SHARD_PLAN_NEEDS_SHARD",
+    "Settings",
+    "has_xdist",
+    "numprocesses",
+    "owns_n",
+    "settings_of",
+]
 
 SHARD_PLAN_NEEDS_SHARD: Final = "--shard-plan needs --shard K/N, to know N (K marks the shard listed)"
+CAPACITY_HOOK_ANSWER: Final = (
+    "pytest_restask_capacities of {plugin} returned {value!r} for {name!r}; "
+    "a capacity must be a whole number of at least 1"
+)
+CAPACITY_HOOK_TYPE: Final = (
+    "pytest_restask_capacities of {plugin} returned {value!r}; return a mapping of resource names to capacities"
+)
 AUTO_HOOK_ANSWER: Final = (
     "pytest_xdist_auto_num_workers returned {answer!r} for -n auto; a plugin must return a whole number of at least 1"
 )
@@ -48,8 +65,11 @@ class Settings:
 
     #: Worker processes to start; 0 runs in process.
     workers: int = 0
-    #: Capacity of each counted resource, from ``restask_resources``.
+    #: Capacity of each counted resource, from ``restask_resources`` and
+    #: ``pytest_restask_capacities`` (on a worker: as the controller merged them).
     capacities: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    #: Requests of fixtures named in ``restask_fixtures``, by fixture name.
+    fixture_resources: Mapping[str, tuple[Request, ...]] = dataclasses.field(default_factory=dict)
     #: Resources with one copy for every CI job of a ``--shard`` split.
     global_resources: frozenset[str] = frozenset()
     #: This job's part of a CI split: (K, N), or None.
@@ -68,13 +88,15 @@ class Settings:
         """Read and check the options and ini keys; raise :class:`pytest.UsageError`."""
         try:
             capacities, global_resources = parse_resources(config.getini("restask_resources"))
+            fixture_resources = parse_fixture_lines(config.getini("restask_fixtures"))
         except ResourceError as e:
             raise pytest.UsageError(f"{e} (in the ini file {config.inipath})") from None
         workers = _workers_wanted(config)
         restarts = config.getoption("maxworkerrestart", None)
-        return cls(
+        settings = cls(
             workers=workers,
-            capacities=MappingProxyType(capacities),
+            capacities=MappingProxyType(_capacities(config, capacities)),
+            fixture_resources=MappingProxyType(fixture_resources),
             global_resources=global_resources,
             shard=_shard_wanted(config),
             shard_workers=_shard_workers(config),
@@ -82,6 +104,48 @@ class Settings:
             task_timeout=config.getoption("task_timeout"),
             max_restarts=4 * workers if restarts is None else int(restarts),
         )
+        config.stash[SETTINGS_KEY] = settings
+        return settings
+
+
+SETTINGS_KEY: Final = pytest.StashKey[Settings]()
+
+
+def settings_of(config: pytest.Config) -> Settings:
+    """Return the run's settings, made in ``pytest_configure``
+    (a config that restask did not configure gets the defaults)."""
+    return config.stash.get(SETTINGS_KEY, None) or Settings()
+
+
+def _capacities(config: pytest.Config, ini: dict[str, int]) -> dict[str, int]:
+    """Return the capacities: on a restask worker as the controller sent
+    them, else the ini's with ``pytest_restask_capacities`` merged over them."""
+    workerinput = getattr(config, "workerinput", None)
+    if isinstance(workerinput, dict) and CAPACITIES_KEY in workerinput:
+        return {str(name): int(capacity) for name, capacity in workerinput[CAPACITIES_KEY].items()}
+    merged = dict(ini)
+    merged.update(_hook_capacities(config))
+    return merged
+
+
+def _hook_capacities(config: pytest.Config) -> dict[str, int]:
+    """Call each implementation of ``pytest_restask_capacities`` on its own,
+    to name the plugin whose answer is wrong; the one pluggy calls first wins."""
+    manager = config.pluginmanager
+    implementations = config.hook.pytest_restask_capacities.get_hookimpls()
+    merged: dict[str, int] = {}
+    for implementation in implementations:  # pluggy calls the last one first
+        others = [other.plugin for other in implementations if other is not implementation]
+        caller = manager.subset_hook_caller("pytest_restask_capacities", remove_plugins=others)
+        plugin = implementation.plugin_name
+        for answer in caller(config=config):
+            if not isinstance(answer, Mapping):
+                raise pytest.UsageError(CAPACITY_HOOK_TYPE.format(plugin=plugin, value=answer))
+            for name, value in answer.items():
+                if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise pytest.UsageError(CAPACITY_HOOK_ANSWER.format(plugin=plugin, value=value, name=name))
+                merged[name] = value
+    return merged
 
 
 def _shard_wanted(config: pytest.Config) -> tuple[int, int] | None:

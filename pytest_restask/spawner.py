@@ -197,7 +197,9 @@ class ExecnetSpawner:
         else:
             slots = {} if task.grant is None else {k: list(v) for k, v in task.grant.slots.items()}
             nodeid, occurrence = self._locate(task)
-            message = Next(task.id, nodeid, occurrence, slots, keep_fixtures, final)
+            granted = () if task.grant is None else task.grant.requirement.requests
+            requests = [(request.name, int(request.mode), request.slots) for request in granted]
+            message = Next(task.id, nodeid, occurrence, slots, keep_fixtures, final, requests)
         self._send(worker, message)
 
     def send_ahead(self, worker: str, tasks: Sequence[Task]) -> None:

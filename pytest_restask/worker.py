@@ -49,7 +49,7 @@ Faults
   the controller's side reads when the worker dies: a crash still costs
   only the test that crashed, and no other test's result is lost.
 
-This module imports nothing of ours but the messages and the slot helper.
+This module imports nothing of ours but the messages and :mod:`.holds`.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ from typing import Any, Final, Protocol, TextIO, final
 
 import pytest
 
-from pytest_restask import holds
+from pytest_restask.holds import Holds, grant_of
 from pytest_restask.messages import (
     ITEM_FIELDS,
     JOURNAL_DONE,
@@ -102,6 +102,7 @@ from pytest_restask.messages import (
     plain_dict,
     to_wire,
 )
+from pytest_restask.resources import Grant
 
 __all__ = ["WorkerSession", "serve"]
 
@@ -147,6 +148,11 @@ class WorkerSession:
         #: What a rerun of the current task (pytest-rerunfailures) ends at
         #: each teardown after the first: the same as the first's answer.
         self._teardown_target: pytest.Item | pytest.Session | None = None
+        #: The grant of the task that follows the current one (None: nothing),
+        #: for the fixtures that need resources (see :class:`~.holds.Holds`).
+        self._following: Grant | None = None
+        #: The current hold, and the fixtures living under holds.
+        self._holds: Holds | None = None
         #: Collected items by node id (a list: ids may repeat).
         self._items: dict[str, list[pytest.Item]] = {}
         #: The task being run: (task id, item), and whether it asked for its next.
@@ -241,6 +247,8 @@ class WorkerSession:
         setattr(early_config, "workerinput", self._workerinput)  # noqa: B010 - not declared on Config
         setattr(early_config, "workeroutput", self.workeroutput)  # noqa: B010
         self._config = early_config
+        self._holds = Holds(early_config)
+        early_config.pluginmanager.register(self._holds, "restask.holds")
         return (yield)
 
     @pytest.hookimpl(wrapper=True)
@@ -317,7 +325,10 @@ class WorkerSession:
         if self._current is None or self._current[1] is not item:
             return
         if self._asked:  # a rerun of the same test: end what its first teardown ended
-            _teardown_to(item.session, self._teardown_target)
+            try:
+                _teardown_to(item.session, self._teardown_target)
+            finally:
+                self._end_unheld()
             return
         self._ask_and_tear_down(self._current[0], item)
 
@@ -345,7 +356,17 @@ class WorkerSession:
         elif answer.keep_fixtures:
             target = self._lookup(answer) or item.session
         self._teardown_target = target
-        _teardown_to(item.session, target)
+        self._following = None if answer.task_id is None else grant_of(answer.requests, answer.slots)
+        try:
+            _teardown_to(item.session, target)
+        finally:
+            self._end_unheld()
+
+    def _end_unheld(self) -> None:
+        """End the fixtures that need what the next task does not keep holding."""
+        __tracebackhide__ = True
+        if self._holds is not None:
+            self._holds.end_unheld(self._following)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self._current is None:
@@ -422,7 +443,8 @@ class WorkerSession:
             return
         self._current, self._asked, self._answered_ahead = (message.task_id, item), False, False
         self._last = self._current
-        holds.enter(item, message.slots)
+        assert self._holds is not None
+        self._holds.enter(item, grant_of(message.requests, message.slots))
         try:
             item.ihook.pytest_runtest_protocol(item=item, nextitem=item)
         except pytest.exit.Exception as e:
@@ -434,7 +456,7 @@ class WorkerSession:
             self.send(Interrupted(message.task_id, "keyboard", _where(e)))
             raise
         finally:
-            holds.leave(item)
+            self._holds.leave(item)
             self._current = None
         if not self._asked:
             # a plugin ran the protocol without our teardown hook; ask now
