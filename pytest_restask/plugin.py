@@ -300,6 +300,14 @@ def _is_restask_worker(config: pytest.Config) -> bool:
     return isinstance(workerinput, dict) and WORKERINPUT_KEY in workerinput
 
 
+def _xdist_distributes(config: pytest.Config) -> bool:
+    """Return whether this is pytest-xdist's run (its controller or a worker
+    of its own), where restask schedules nothing and tells no task states."""
+    if getattr(config, "workerinput", None) is not None:
+        return True
+    return has_xdist(config.pluginmanager) and not owns_n(config) and config.getoption("dist", "no") != "no"
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", RESOURCE_MARKER)
@@ -323,7 +331,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(ShardSelection(config, settings, recorder.durations), "restask.shard")
     config.pluginmanager.register(LocalRun(config, settings), "restask.local")
     if not settings.workers:
-        config.pluginmanager.register(LocalTaskStates(config), "restask.taskstate")
+        if not _xdist_distributes(config):
+            config.pluginmanager.register(LocalTaskStates(config), "restask.taskstate")
         if settings.task_timeout is not None:
             config.issue_config_time_warning(pytest.PytestConfigWarning(NOT_APPLY_TIMEOUT), stacklevel=2)
         return

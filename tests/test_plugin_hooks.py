@@ -293,3 +293,14 @@ def test_failfast_finishes_what_never_started_straight_from_its_queue(pytester: 
                 ("ready", None, None),
                 ("finished", None, "not run: stopping after the first failure (--failfast)"),
             ]
+
+
+def test_a_run_that_pytest_xdist_distributes_tells_no_task_states(pytester: pytest.Pytester) -> None:
+    """With pytest-xdist installed and ``-p restask`` not named, ``-n`` is
+    xdist's: restask schedules nothing, so it tells nothing either."""
+    pytest.importorskip("xdist")
+    pytester.makeconftest(STATES)
+    pytester.makepyfile("def test_one(): pass\ndef test_two(): pass")
+    result = pytester.runpytest_subprocess("-n", "2", timeout=60)
+    result.assert_outcomes(passed=2)
+    assert not (pytester.path / "states.jsonl").exists()
