@@ -155,9 +155,12 @@ def applying_fixtures(item: pytest.Item) -> Iterator[pytest.FixtureDef[Any]]:
     definitions: Mapping[str, Sequence[pytest.FixtureDef[Any]]] = info.name2fixturedefs
     manager = getattr(item.session, "_fixturemanager")  # noqa: B009 - private, see the module docstring
     names = list(info.names_closure)
+    closure = len(names)
     seen = set(names)
-    for name in names:  # grows as definitions request more
-        found = definitions.get(name) or manager.getfixturedefs(name, item) or ()
+    for position, name in enumerate(names):  # grows as overridden definitions request more
+        found = definitions.get(name)
+        if found is None:  # pytest's closure lacks what overridden definitions request
+            found = (manager.getfixturedefs(name, item) if position >= closure else None) or ()
         index = len(found) - 1
         while index >= 0:
             fixturedef = found[index]

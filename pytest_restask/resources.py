@@ -182,6 +182,22 @@ def parse_capacities(lines: Iterable[str]) -> dict[str, int]:
     return parse_resources(lines)[0]
 
 
+def _ini_lines(
+    lines: Iterable[str], pattern: re.Pattern[str], key: str, form: str, example: str
+) -> Iterator[tuple[str, re.Match[str]]]:
+    """Yield each line of an ini key that is not blank or a ``#`` comment,
+    stripped, with its match; raise :class:`ResourceError` quoting one that
+    does not match, with the ``form`` it should have."""
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = pattern.match(line)
+        if match is None:
+            raise ResourceError(f"{key} line {line!r} is not of the form '{form}' (e.g. '{example}')")
+        yield line, match
+
+
 def parse_resources(lines: Iterable[str]) -> tuple[dict[str, int], frozenset[str]]:
     """Parse ``restask_resources`` lines ``name: capacity`` or ``name: capacity global``.
 
@@ -192,13 +208,7 @@ def parse_resources(lines: Iterable[str]) -> tuple[dict[str, int], frozenset[str
     """
     capacities: dict[str, int] = {}
     global_names: set[str] = set()
-    for raw in lines:
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = _CAPACITY_LINE.match(line)
-        if match is None:
-            raise ResourceError(f"restask_resources line {line!r} is not of the form 'name: capacity' (e.g. 'gpu: 2')")
+    for line, match in _ini_lines(lines, _CAPACITY_LINE, "restask_resources", "name: capacity", "gpu: 2"):
         name, text = match.group("name"), match.group("capacity")
         try:
             capacity = int(text)
@@ -234,15 +244,7 @@ def parse_fixture_lines(lines: Iterable[str]) -> dict[str, tuple[Request, ...]]:
     :class:`ResourceError` quoting the first bad line.
     """
     found: dict[str, list[Request]] = {}
-    for raw in lines:
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = _FIXTURE_LINE.match(line)
-        if match is None:
-            raise ResourceError(
-                f"restask_fixtures line {line!r} is not of the form '{FIXTURE_LINE_FORM}' (e.g. 'db: database')"
-            )
+    for line, match in _ini_lines(lines, _FIXTURE_LINE, "restask_fixtures", FIXTURE_LINE_FORM, "db: database"):
         mode = match.group("mode")
         options: dict[str, object] = {}
         if mode == "shared":

@@ -179,6 +179,68 @@ def test_a_session_fixture_outlives_its_holds_when_only_the_tests_are_marked(pyt
     assert outside_holds(pytester, "database", "test_chain") != []
 
 
+@pytest.mark.parametrize("workers", ["2", "0"])
+def test_a_module_fixture_that_requires_a_resource_lives_only_inside_holds(
+    pytester: pytest.Pytester, workers: str
+) -> None:
+    pytester.makeconftest(ORACLE)
+    body = "\n".join(
+        f"def test_db{i}(schema):\n    time.sleep(0.1)\n\ndef test_free{i}():\n    time.sleep(0.1)\n" for i in range(4)
+    )
+    pytester.makepyfile(
+        test_module=f"""
+import time
+import pytest
+from pytest_restask import requires
+from conftest import note
+
+@pytest.fixture(scope="module")
+@requires("db")
+def schema():
+    note("up", "schema")
+    yield
+    note("down", "schema")
+
+{body}
+"""
+    )
+    run(pytester, "-n", workers).assert_outcomes(passed=8)
+    assert overlaps(spans(pytester), "test_db") == []
+    assert outside_holds(pytester, "schema", "test_db") == []
+
+
+def test_an_override_that_uses_the_original_keeps_what_the_original_reaches(pytester: pytest.Pytester) -> None:
+    """The original ``database`` needs nothing itself but requests ``engine``,
+    which requires "db"; a closer override requests the original.  Its users
+    need "db", though ``engine`` is reached only through the overridden one."""
+    pytester.makeconftest(
+        ORACLE
+        + """
+from pytest_restask import requires
+
+@pytest.fixture
+@requires("db")
+def engine():
+    return "engine"
+
+@pytest.fixture
+def database(engine):
+    return engine
+"""
+    )
+    pytester.mkpydir("sub")
+    pytester.makepyfile(
+        **{
+            "sub/conftest.py": "import pytest\n\n@pytest.fixture\ndef database(database):\n    return database\n",
+            "sub/test_sub.py": "import time, pytest\n\n"
+            "@pytest.mark.parametrize('i', range(4))\ndef test_sub(database, i):\n"
+            "    assert database == 'engine'\n    time.sleep(0.2)\n",
+        }
+    )
+    run(pytester, "-n", "4").assert_outcomes(passed=4)
+    assert overlaps(spans(pytester), "test_sub") == []
+
+
 def test_without_workers_a_resource_fixture_ends_with_the_last_test_that_holds_it(pytester: pytest.Pytester) -> None:
     write_chain(pytester, '@requires("db")')
     pytester.makepyfile(

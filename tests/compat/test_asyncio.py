@@ -11,6 +11,9 @@ an error with its message.
 
 from __future__ import annotations
 
+import itertools
+import json
+
 import pytest
 
 from . import runs
@@ -119,3 +122,73 @@ def test_coroutine_tests_and_async_fixtures_report_the_same_on_workers(pytester:
     expected = [f"test_generator_fixture[{i}]" for i in range(3)] + ["test_fails"]
     assert sorted(name.split("-", 1)[1] for name in serial) == sorted(expected)
     assert sorted(parallel) == sorted(expected)
+
+
+ASYNC_RESOURCE = """
+    import asyncio
+    import json
+    import os
+    import time
+
+    import pytest
+    import pytest_asyncio
+    from pytest_restask import requires
+
+
+    def note(request, start):
+        with open(request.config.rootpath / "spans.jsonl", "a") as f:
+            f.write(json.dumps([request.node.name, start, time.time()]) + "\\n")
+
+
+    @requires("db")
+    @pytest_asyncio.fixture
+    async def connection(request):
+        start = time.time()
+        await asyncio.sleep(0.2)
+        yield "conn"
+        note(request, start)
+
+
+    @pytest_asyncio.fixture
+    @requires("db")
+    async def other_connection(request):
+        start = time.time()
+        await asyncio.sleep(0.2)
+        yield "conn"
+        note(request, start)
+
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("i", range(3))
+    async def test_db(connection, i):
+        assert connection == "conn"
+
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("i", range(3))
+    async def test_other_db(other_connection, i):
+        assert other_connection == "conn"
+
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("i", range(4))
+    async def test_free(request, i):
+        start = time.time()
+        await asyncio.sleep(0.2)
+        note(request, start)
+"""
+
+
+def test_requires_on_an_async_fixture_serializes_its_users(pytester: pytest.Pytester) -> None:
+    """pytest-asyncio wraps an async fixture's function; ``requires`` above
+    or below its decorator still reaches the test that uses it."""
+    pytester.makeini(INI)
+    pytester.makepyfile(test_suite=ASYNC_RESOURCE)
+    parallel = runs.run(pytester, runs.PARALLEL, workers=runs.WORKERS)
+    assert parallel.outcomes == {"passed": 10}, parallel.tail()
+    spans = [json.loads(line) for line in (pytester.path / "spans.jsonl").read_text().splitlines()]
+    db = [(start, end) for name, start, end in spans if "db" in name]
+    free = [(start, end) for name, start, end in spans if name.startswith("test_free")]
+    assert len(db) == 6
+    assert not [(a, b) for a, b in itertools.combinations(db, 2) if a[0] < b[1] and b[0] < a[1]]
+    assert [(a, b) for a, b in itertools.combinations(free, 2) if a[0] < b[1] and b[0] < a[1]]  # in parallel

@@ -13,6 +13,7 @@ appended.  Each test records the worker it ran on and the database it used.
 
 from __future__ import annotations
 
+import itertools
 import json
 import textwrap
 
@@ -148,3 +149,49 @@ def test_each_worker_uses_a_test_database_of_its_own(pytester: pytest.Pytester) 
     # the test without database access records nothing
     assert tests == {"serial": 8, "parallel": 8}
     assert databases == {"master": {configured}, "gw0": {f"{configured}_gw0"}, "gw1": {f"{configured}_gw1"}}
+
+
+DB_FIXTURE_SUITE = """
+    import json
+    import time
+
+    import pytest
+
+    from shop.models import Item
+
+
+    @pytest.fixture
+    def span(request):
+        start = time.time()
+        yield
+        with open(request.config.rootpath / "spans.jsonl", "a") as f:
+            f.write(json.dumps([request.node.name, start, time.time()]) + "\\n")
+
+
+    @pytest.mark.parametrize("i", range(4))
+    def test_db(db, span, i):
+        Item.objects.create(name="x")
+        time.sleep(0.2)
+
+
+    @pytest.mark.parametrize("i", range(4))
+    def test_free(span, i):
+        time.sleep(0.2)
+"""
+
+
+def test_restask_fixtures_declares_pytest_djangos_db_fixture(pytester: pytest.Pytester) -> None:
+    """``restask_fixtures`` names a fixture restask's user does not own
+    (pytest-django's ``db``): the tests that request it never overlap."""
+    pytester.makeini(INI + "    restask_fixtures =\n        db: shop-database\n")
+    pytester.makepyfile(settings=SETTINGS, test_suite=DB_FIXTURE_SUITE)
+    shop = pytester.mkpydir("shop")
+    (shop / "models.py").write_text(textwrap.dedent(MODELS))
+    parallel = runs.run(pytester, runs.PARALLEL, workers=runs.WORKERS)
+    assert parallel.outcomes == {"passed": 8}, parallel.tail()
+    spans = [json.loads(line) for line in (pytester.path / "spans.jsonl").read_text().splitlines()]
+    db = [(start, end) for name, start, end in spans if name.startswith("test_db")]
+    free = [(start, end) for name, start, end in spans if name.startswith("test_free")]
+    assert len(db) == 4
+    assert not [(a, b) for a, b in itertools.combinations(db, 2) if a[0] < b[1] and b[0] < a[1]]
+    assert [(a, b) for a, b in itertools.combinations(free, 2) if a[0] < b[1] and b[0] < a[1]]  # in parallel
