@@ -49,7 +49,8 @@ Faults
   the controller's side reads when the worker dies: a crash still costs
   only the test that crashed, and no other test's result is lost.
 
-This module imports nothing of ours but the messages and :mod:`.holds`.
+This module imports nothing of ours but the messages, :mod:`.holds` (with
+the declarations it checks fixtures against) and :mod:`.resources`.
 """
 
 from __future__ import annotations
