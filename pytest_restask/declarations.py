@@ -173,18 +173,43 @@ def applying_fixtures(item: pytest.Item) -> Iterator[pytest.FixtureDef[Any]]:
             index = index - 1 if name in fixturedef.argnames else -1
 
 
-def _fixture_requests_of(item: pytest.Item) -> list[Request]:
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Closure:
+    """What the fixtures of one fixture closure request, or the first bad one."""
+
+    #: pytest's ``FuncFixtureInfo``, kept alive so that its id is not reused.
+    info: object
+    requests: tuple[Request, ...] = ()
+    #: (fixture name, message) of the first fixture whose declaration is bad.
+    error: tuple[str, str] | None = None
+
+
+#: Closures by id: the parametrizations of one test function share one
+#: ``FuncFixtureInfo``, and so the answer.
+_CLOSURES_KEY: Final = pytest.StashKey[dict[int, _Closure]]()
+
+
+def _fixture_requests_of(item: pytest.Item) -> tuple[Request, ...]:
     """Return the requests of the fixtures that apply to a test; raise
     :class:`ResourceError` naming the first fixture with a bad declaration."""
-    requests: list[Request] = []
-    for fixturedef in applying_fixtures(item):
-        try:
-            requests.extend(fixture_requests(fixturedef, item.config))
-        except ResourceError as e:
-            raise ResourceError(
-                INVALID_ON_FIXTURE.format(fixture=fixturedef.argname, nodeid=item.nodeid, error=e)
-            ) from None
-    return requests
+    info = getattr(item, "_fixtureinfo", None)
+    closures = item.config.stash.setdefault(_CLOSURES_KEY, {})
+    closure = closures.get(id(info))
+    if closure is None or closure.info is not info:
+        requests: list[Request] = []
+        error = None
+        for fixturedef in applying_fixtures(item):
+            try:
+                requests.extend(fixture_requests(fixturedef, item.config))
+            except ResourceError as e:
+                error = (fixturedef.argname, str(e))
+                break
+        closure = closures[id(info)] = _Closure(info, tuple(requests), error)
+    if closure.error is not None:
+        name, message = closure.error
+        raise ResourceError(INVALID_ON_FIXTURE.format(fixture=name, nodeid=item.nodeid, error=message))
+    return closure.requests
 
 
 def declaration_of(item: pytest.Item) -> Declaration:

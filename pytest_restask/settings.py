@@ -58,9 +58,10 @@ def has_xdist(pluginmanager: pytest.PytestPluginManager) -> bool:
 class Settings:
     """What the options and ini keys say, checked once at configure time.
 
-    A frozen value: the controller and the state machine get one, so they
-    are built in a unit test from ``Settings(workers=2, ...)`` with no
-    config at all.  :meth:`from_config` makes it for a real run.
+    A frozen value, made once by :meth:`from_config` (and kept in the
+    config's stash, see :func:`settings_of`): the controller, the shard
+    split and the declarations read it and nothing else of the options, and
+    a unit test makes one directly, ``Settings(workers=2, ...)``.
     """
 
     #: Worker processes to start; 0 runs in process.

@@ -539,3 +539,28 @@ def test_a_fixture_reached_only_at_run_time_fails_the_test_that_does_not_hold_it
         )
         # the fixture's body ran only for the test that holds "db"
         assert (pytester.path / "ran.txt").read_text().split() == ["test_declared"]
+
+
+def test_fixture_and_marker_requests_merge_strongest_wins(pytester: pytest.Pytester) -> None:
+    """A fixture asks one gpu slot, the test's marker two: the test holds two."""
+    pytester.makeini("[pytest]\nrestask_resources =\n    gpu: 3\n")
+    pytester.makepyfile(
+        """
+        import pytest
+        from pytest_restask import requires
+
+        @pytest.fixture
+        @requires("gpu", slots=1)
+        def device():
+            pass
+
+        @pytest.mark.resource("gpu", slots=2)
+        def test_two(device, restask_slots):
+            assert restask_slots == {"gpu": [0, 1]}
+
+        def test_one(device, restask_slots):
+            assert restask_slots == {"gpu": [0]}
+        """
+    )
+    for args in ((), ("-n", "2")):
+        run(pytester, *args).assert_outcomes(passed=2)
