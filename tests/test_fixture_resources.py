@@ -137,11 +137,11 @@ import pytest
 
 @pytest.mark.parametrize("i", range(8))
 def test_chain(repo, i):
-    time.sleep(0.2)
+    time.sleep(0.1)
 
 @pytest.mark.parametrize("i", range(8))
 def test_free(i):
-    time.sleep(0.2)
+    time.sleep(0.1)
 """
 
 
@@ -491,11 +491,11 @@ def test_markers_added_by_a_conftest_count_with_and_without_workers(pytester: py
 
         @pytest.mark.parametrize("port", [8000, 8000, 8000, 8001, 8001, 8001])
         def test_server(port, restask_slots):
-            time.sleep(0.2)
+            time.sleep(0.1)
 
         @pytest.mark.parametrize("i", range(4))
         def test_free(i):
-            time.sleep(0.2)
+            time.sleep(0.1)
         """
     )
     run(pytester, "-n", workers).assert_outcomes(passed=10)
