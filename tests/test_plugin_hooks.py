@@ -304,3 +304,21 @@ def test_a_run_that_pytest_xdist_distributes_tells_no_task_states(pytester: pyte
     result = pytester.runpytest_subprocess("-n", "2", timeout=60)
     result.assert_outcomes(passed=2)
     assert not (pytester.path / "states.jsonl").exists()
+
+
+def test_a_capacities_hook_that_raises_ends_the_run_with_an_internal_error_naming_it(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.hookimpl(optionalhook=True)
+        def pytest_restask_capacities(config):
+            raise RuntimeError("cannot count the gpus")
+        """
+    )
+    pytester.makepyfile("def test_one(): pass")
+    result = run(pytester, "-n", "2")
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    result.stdout.fnmatch_lines(["INTERNALERROR*conftest.py*pytest_restask_capacities*", "INTERNALERROR*cannot count*"])
