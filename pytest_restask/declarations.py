@@ -26,6 +26,7 @@ plugin nor the controller, which both import it.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, TypeVar, final
 
@@ -160,7 +161,7 @@ def applying_fixtures(item: pytest.Item) -> Iterator[pytest.FixtureDef[Any]]:
     for position, name in enumerate(names):  # grows as overridden definitions request more
         found = definitions.get(name)
         if found is None:  # pytest's closure lacks what overridden definitions request
-            found = (manager.getfixturedefs(name, item) if position >= closure else None) or ()
+            found = (_definitions(manager, name, item) if position >= closure else None) or ()
         index = len(found) - 1
         while index >= 0:
             fixturedef = found[index]
@@ -188,6 +189,15 @@ class _Closure:
 #: Closures by id: the parametrizations of one test function share one
 #: ``FuncFixtureInfo``, and so the answer.
 _CLOSURES_KEY: Final = pytest.StashKey[dict[int, _Closure]]()
+
+
+def _definitions(manager: Any, name: str, item: pytest.Item) -> Sequence[pytest.FixtureDef[Any]] | None:
+    """Return the definitions of a fixture name visible from ``item``, as
+    pytest's fixture manager gives them (it takes the node from pytest 8.1 on,
+    its node id before)."""
+    if "nodeid" in inspect.signature(manager.getfixturedefs).parameters:
+        return manager.getfixturedefs(name, item.nodeid)  # type: ignore[no-any-return]
+    return manager.getfixturedefs(name, item)  # type: ignore[no-any-return]
 
 
 def _fixture_requests_of(item: pytest.Item) -> tuple[Request, ...]:
