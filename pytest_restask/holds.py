@@ -102,6 +102,12 @@ class Holds:
         slots = {name: numbers for name, numbers in self._held.slots.items() if name in names}
         self._live.append((fixturedef, request, Grant(merge_requests(requests), slots)))
 
+    @property
+    def live(self) -> bool:
+        """Return whether a fixture that needs resources is live (most of
+        the time none is, and :meth:`end_unheld` need not be asked)."""
+        return bool(self._live)
+
     def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any]) -> None:
         self._forget(fixturedef)
 
@@ -154,7 +160,12 @@ def _holds(requirement: Requirement, request: Request) -> bool:
     return held is not None and held.stronger(request) is held
 
 
+_NOTHING: Final = Grant(FREE)
+
+
 def grant_of(requests: Sequence[tuple[str, int, int]], slots: Mapping[str, Sequence[int]]) -> Grant:
     """Return a grant from its wire form (see :class:`~.messages.Next`)."""
+    if not requests and not slots:
+        return _NOTHING
     merged = merge_requests(Request(name, Mode(mode), count) for name, mode, count in requests)
     return Grant(merged, {name: tuple(numbers) for name, numbers in slots.items()})

@@ -416,7 +416,7 @@ class LocalRun:
             return (yield)
         finally:
             try:
-                if nextitem is not None:  # without one, pytest ends every fixture
+                if nextitem is not None and self.holds.live:  # without a next item, pytest ends every fixture
                     self.holds.end_unheld(self._following(item, nextitem))
             finally:
                 if self.table.release(item) is not None:

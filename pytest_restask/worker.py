@@ -49,8 +49,8 @@ Faults
   the controller's side reads when the worker dies: a crash still costs
   only the test that crashed, and no other test's result is lost.
 
-This module imports nothing of ours but the messages, :mod:`.holds` (with
-the declarations it checks fixtures against) and :mod:`.resources`.
+This module imports nothing of ours but the messages and :mod:`.holds` (with
+the declarations it checks fixtures against).
 """
 
 from __future__ import annotations
@@ -103,7 +103,6 @@ from pytest_restask.messages import (
     plain_dict,
     to_wire,
 )
-from pytest_restask.resources import Grant
 
 __all__ = ["WorkerSession", "serve"]
 
@@ -149,9 +148,9 @@ class WorkerSession:
         #: What a rerun of the current task (pytest-rerunfailures) ends at
         #: each teardown after the first: the same as the first's answer.
         self._teardown_target: pytest.Item | pytest.Session | None = None
-        #: The grant of the task that follows the current one (None: nothing),
-        #: for the fixtures that need resources (see :class:`~.holds.Holds`).
-        self._following: Grant | None = None
+        #: The answer that says which task follows the current one, for the
+        #: fixtures that need resources (see :class:`~.holds.Holds`).
+        self._following: Next | None = None
         #: The current hold, and the fixtures living under holds.
         self._holds: Holds | None = None
         #: Collected items by node id (a list: ids may repeat).
@@ -357,7 +356,7 @@ class WorkerSession:
         elif answer.keep_fixtures:
             target = self._lookup(answer) or item.session
         self._teardown_target = target
-        self._following = None if answer.task_id is None else grant_of(answer.requests, answer.slots)
+        self._following = answer
         try:
             _teardown_to(item.session, target)
         finally:
@@ -366,8 +365,10 @@ class WorkerSession:
     def _end_unheld(self) -> None:
         """End the fixtures that need what the next task does not keep holding."""
         __tracebackhide__ = True
-        if self._holds is not None:
-            self._holds.end_unheld(self._following)
+        holds, answer = self._holds, self._following
+        if holds is not None and holds.live:
+            following = None if answer is None or answer.task_id is None else grant_of(answer.requests, answer.slots)
+            holds.end_unheld(following)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self._current is None:
