@@ -138,9 +138,12 @@ class LocalTaskStates:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:
+        if not has_listeners(self._config):  # nobody listens: no cost per test
+            self._config.pluginmanager.unregister(self)
+            return
         if session.testsfailed and not self._config.option.continue_on_collection_errors:
             return  # pytest's loop stops before any test
-        if self._config.option.collectonly or not has_listeners(self._config):
+        if self._config.option.collectonly:
             return
         table = LockTable(settings_of(self._config).capacities)
         for state in (TaskState.REQUESTED, TaskState.TRIAGING):
