@@ -338,7 +338,7 @@ import pytest
 from pytest_restask import requires
 
 @pytest.fixture
-@requires("db")
+@requires("db", slots=1)
 def database():
     return "db"
 """
@@ -347,14 +347,17 @@ def database():
 def test_an_override_without_requires_takes_nothing_and_one_that_uses_the_original_keeps_it(
     pytester: pytest.Pytester,
 ) -> None:
+    """The original ``database`` takes the one slot of "db" (a counted
+    resource, so that a test's ``restask_slots`` shows whether it holds it)."""
     pytester.makeconftest(ORACLE + OVERRIDES)
+    pytester.makeini("[pytest]\nrestask_resources =\n    db: 1\n")
     pytester.mkpydir("plain")
     pytester.makepyfile(
         **{
             "plain/conftest.py": "import pytest\n\n@pytest.fixture\ndef database():\n    return 'fake'\n",
             "plain/test_plain.py": "import time, pytest\n\n"
-            "@pytest.mark.parametrize('i', range(4))\ndef test_overridden(database, i):\n"
-            "    assert database == 'fake'\n    time.sleep(0.2)\n",
+            "@pytest.mark.parametrize('i', range(6))\ndef test_overridden(database, restask_slots, i):\n"
+            "    assert database == 'fake'\n    assert restask_slots == {}\n    time.sleep(0.2)\n",
         }
     )
     pytester.mkpydir("wrapped")
@@ -363,14 +366,15 @@ def test_an_override_without_requires_takes_nothing_and_one_that_uses_the_origin
             "wrapped/conftest.py": "import pytest\n\n@pytest.fixture\ndef database(database):\n"
             "    return database + '-wrapped'\n",
             "wrapped/test_wrapped.py": "import time, pytest\n\n"
-            "@pytest.mark.parametrize('i', range(4))\ndef test_wrapper(database, i):\n"
-            "    assert database == 'db-wrapped'\n    time.sleep(0.2)\n",
+            "@pytest.mark.parametrize('i', range(4))\ndef test_wrapper(database, restask_slots, i):\n"
+            "    assert database == 'db-wrapped'\n    assert restask_slots == {'db': [0]}\n    time.sleep(0.2)\n",
         }
     )
-    run(pytester, "-n", "4").assert_outcomes(passed=8)
+    run(pytester, "-n", "4").assert_outcomes(passed=10)  # each test checked what it holds
     found = spans(pytester)
-    assert overlaps(found, "test_overridden") != []  # took nothing
     assert overlaps(found, "test_wrapper") == []  # kept the original's "db"
+    # took nothing, so ran beside the others
+    assert overlaps(found, "test_overridden") + overlaps(found, "test_overridden", "test_wrapper") != []
 
 
 PLUGIN = """
