@@ -77,6 +77,10 @@ class Declaration:
 #: function, a list of ``(names, options)`` as they were written.
 REQUIRES_ATTRIBUTE: Final = "_restask_requires"
 INVALID_ON_FIXTURE: Final = "invalid resource declaration on fixture {fixture!r} (used by {nodeid}): {error}"
+BARE_REQUIRES: Final = "@requires is written without its parentheses; name the resources: @requires('db')"
+REQUIRES_ON_TEST: Final = (
+    "requires() declares what a fixture needs, and this is a test: use @pytest.mark.resource(...) on a test"
+)
 
 _F = TypeVar("_F")
 
@@ -138,6 +142,8 @@ def fixture_requests(fixturedef: pytest.FixtureDef[Any], config: pytest.Config) 
         try:
             requests = list(settings_of(config).fixture_resources.get(fixturedef.argname, ()))
             for names, options in getattr(_innermost(fixturedef.func), REQUIRES_ATTRIBUTE, ()):
+                if len(names) == 1 and not options and callable(names[0]) and not isinstance(names[0], str):
+                    raise ResourceError(BARE_REQUIRES)
                 requests.extend(parse_resource_marker(names, options))
             found = tuple(requests)
         except ResourceError as e:
@@ -234,6 +240,8 @@ def declaration_of(item: pytest.Item) -> Declaration:
             for mark in item.iter_markers("serial"):
                 parse_serial_marker(mark.args, mark.kwargs)
                 serial = True
+            if hasattr(_innermost(getattr(item, "obj", None)), REQUIRES_ATTRIBUTE):
+                raise ResourceError(REQUIRES_ON_TEST)
         except ResourceError as e:
             cached = f"invalid resource declaration on {item.nodeid}: {e}"
         else:

@@ -36,7 +36,7 @@ __all__ = ["NOT_HELD", "SLOTS_KEY", "Holds", "grant_of"]
 SLOTS_KEY: Final = pytest.StashKey[dict[str, list[int]]]()
 
 NOT_HELD: Final = (
-    "{nodeid} uses fixture {fixture!r}, which needs {needs}, but the test does not hold it: it reaches the "
+    "{nodeid} uses fixture {fixture!r}, which needs {needs}, but the test {holds}: it reaches the "
     "fixture only while it runs (request.getfixturevalue), after its resources were granted; declare it on the "
     "test with @pytest.mark.usefixtures({fixture!r}) or @pytest.mark.resource(...)"
 )
@@ -95,9 +95,11 @@ class Holds:
         missing = [request for request in requests if not _holds(self._held.requirement, request)]
         if missing:
             needs = ", ".join(request.describe() for request in missing)
-            _refuse(
-                item, fixturedef, request, NOT_HELD.format(nodeid=item.nodeid, fixture=fixturedef.argname, needs=needs)
-            )
+            names = {request.name for request in missing}
+            weaker = [held.describe() for held in self._held.requirement.requests if held.name in names]
+            holds = f"holds only {', '.join(weaker)}" if weaker else "does not hold it"
+            message = NOT_HELD.format(nodeid=item.nodeid, fixture=fixturedef.argname, needs=needs, holds=holds)
+            _refuse(item, fixturedef, request, message)
         names = {request.name for request in requests}
         slots = {name: numbers for name, numbers in self._held.slots.items() if name in names}
         self._live.append((fixturedef, request, Grant(merge_requests(requests), slots)))

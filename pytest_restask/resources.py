@@ -20,6 +20,7 @@ wrong and what to do; the caller adds where (the test id or the ini line).
 from __future__ import annotations
 
 import enum
+import itertools
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -347,7 +348,8 @@ class LockTable:
                 return (
                     f"{request.describe()} asks for {request.slots} slots of {request.name!r}, "
                     f"but its capacity is {capacity}; lower slots= or declare "
-                    f"'{request.name}: {request.slots}' in restask_resources"
+                    f"'{request.name}: {request.slots}' in restask_resources (where a plugin's "
+                    "pytest_restask_capacities gives the capacity, it decides)"
                 )
         return None
 
@@ -433,7 +435,10 @@ class LockTable:
                     return None
                 used.update(self._holders[holder].slots.get(request.name, ()))
             if request.mode is Mode.COUNTED:
-                free = [s for s in range(self.capacity(request.name)) if s not in used]
+                # the lowest free numbers, never a list of the whole capacity (it may be huge)
+                free = list(
+                    itertools.islice((s for s in range(self.capacity(request.name)) if s not in used), request.slots)
+                )
                 if len(free) < request.slots:
                     return None
                 slots[request.name] = tuple(free[: request.slots])

@@ -40,6 +40,9 @@ CAPACITY_HOOK_ANSWER: Final = (
     "pytest_restask_capacities of {plugin} returned {value!r} for {name!r}; "
     "a capacity must be a whole number of at least 1"
 )
+CAPACITY_HOOK_NAME: Final = (
+    "pytest_restask_capacities of {plugin} returned a capacity for {name!r}; resource names are strings"
+)
 CAPACITY_HOOK_TYPE: Final = (
     "pytest_restask_capacities of {plugin} returned {value!r}; return a mapping of resource names to capacities"
 )
@@ -143,7 +146,9 @@ def _hook_capacities(config: pytest.Config) -> dict[str, int]:
             if not isinstance(answer, Mapping):
                 raise pytest.UsageError(CAPACITY_HOOK_TYPE.format(plugin=plugin, value=answer))
             for name, value in answer.items():
-                if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                if not isinstance(name, str):
+                    raise pytest.UsageError(CAPACITY_HOOK_NAME.format(plugin=plugin, name=name))
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise pytest.UsageError(CAPACITY_HOOK_ANSWER.format(plugin=plugin, value=value, name=name))
                 merged[name] = value
     return merged

@@ -132,9 +132,21 @@ class LocalTaskStates:
         #: Items told ``ready`` (or ``started``) and not ``finished`` yet, by identity.
         self._open: dict[int, pytest.Item] = {}
         self._current: pytest.Item | None = None
+        #: A listener raised: the run ends with pytest's internal error, and
+        #: nothing more is told (a call at the session's end would raise
+        #: again, outside pytest's handler).
+        self._broken = False
 
     def _tell(self, item: pytest.Item, state: TaskState, worker: str | None = None, reason: str | None = None) -> None:
-        self._config.hook.pytest_restask_task_state(nodeid=item.nodeid, state=state.value, worker=worker, reason=reason)
+        if self._broken:
+            return
+        try:
+            self._config.hook.pytest_restask_task_state(
+                nodeid=item.nodeid, state=state.value, worker=worker, reason=reason
+            )
+        except BaseException:
+            self._broken = True
+            raise
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:

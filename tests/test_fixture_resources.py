@@ -440,6 +440,7 @@ BAD_REQUIRES = [
     ("requires(42)", "resource names must be strings, got 42 (int)"),
     ('requires("db", slots=0)', "slots= must be a whole number of at least 1, got 0"),
     ('requires("db", shared=True, slots=1)', "shared=True and slots= cannot be combined*"),
+    ("requires", "@requires is written without its parentheses; name the resources: @requires('db')"),
 ]
 
 
@@ -529,12 +530,22 @@ def test_a_fixture_reached_only_at_run_time_fails_the_test_that_does_not_hold_it
         @pytest.mark.usefixtures("database")
         def test_declared(request):
             request.getfixturevalue("database")
+
+        @pytest.mark.resource("db", shared=True)
+        def test_too_weak(request):
+            request.getfixturevalue("database")
         """
     )
     for args in (("-n", "2"), ()):
         (pytester.path / "ran.txt").unlink(missing_ok=True)
         result = run(pytester, *args)
-        result.assert_outcomes(passed=1, failed=1)
+        result.assert_outcomes(passed=1, failed=2)
+        result.stdout.fnmatch_lines(
+            [
+                "*test_too_weak uses fixture 'database', which needs resource('db'), "
+                "but the test holds only resource('db', shared=True)*"
+            ]
+        )
         result.stdout.fnmatch_lines(
             [
                 "*test_dynamic uses fixture 'database', which needs resource('db'), but the test does not hold it*"
@@ -568,3 +579,28 @@ def test_fixture_and_marker_requests_merge_strongest_wins(pytester: pytest.Pytes
     )
     for args in ((), ("-n", "2")):
         run(pytester, *args).assert_outcomes(passed=2)
+
+
+def test_requires_on_a_test_is_an_error_that_says_to_use_the_marker(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_misplaced="""
+        import pytest
+        from pytest_restask import requires
+
+        @requires("db")
+        def test_misplaced():
+            pass
+
+        def test_fine():
+            pass
+        """
+    )
+    for workers in ("0", "2"):
+        result = run(pytester, "-n", workers)
+        result.assert_outcomes(passed=1, errors=1)
+        result.stdout.fnmatch_lines(
+            [
+                "invalid resource declaration on test_misplaced.py::test_misplaced: requires() declares what a "
+                "fixture needs, and this is a test: use @pytest.mark.resource(...) on a test"
+            ]
+        )

@@ -91,6 +91,7 @@ def test_a_shard_split_and_its_workers_use_the_hooks_capacities(pytester: pytest
         ('{"gpu": "2"}', "returned '2' for 'gpu'; a capacity must be a whole number of at least 1"),
         ('{"gpu": True}', "returned True for 'gpu'; a capacity must be a whole number of at least 1"),
         ('["gpu"]', "returned ['gpu']; return a mapping of resource names to capacities"),
+        ("{42: 2}", "returned a capacity for 42; resource names are strings"),
     ],
 )
 def test_a_bad_capacity_from_a_hook_is_a_usage_error_naming_resource_and_plugin(
@@ -115,7 +116,7 @@ def test_a_hook_that_raises_ends_the_run_with_an_internal_error_naming_it(pytest
 
         @pytest.hookimpl(optionalhook=True)
         def pytest_restask_task_state(nodeid, state, worker, reason):
-            if state == "started":
+            if state in ("started", "finished"):  # also what the session's end would tell
                 raise RuntimeError("the plugin broke")
         """
     )

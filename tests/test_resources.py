@@ -266,3 +266,12 @@ def test_conflict_names_the_resource_and_a_holder_in_the_way() -> None:
     table.grant(3, Requirement((Request("db", Mode.SHARED),)))
     assert table.conflict(Requirement((Request("db", Mode.EXCLUSIVE),))) == ("db", 3)
     assert table.conflict(Requirement(serial=True)) == (None, 1)
+
+
+def test_a_huge_capacity_costs_nothing_to_grant_from() -> None:
+    """Slot numbers are found lazily: a capacity of 10**30 (from a hook or
+    the ini file) must not build a list of every number."""
+    table = LockTable({"gpu": 10**30})
+    gpu = Requirement((Request("gpu", Mode.COUNTED, 2),))
+    assert table.grant(1, gpu).slots == {"gpu": (0, 1)}
+    assert table.grant(2, gpu).slots == {"gpu": (2, 3)}
