@@ -26,6 +26,7 @@ plugin nor the controller, which both import it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, TypeVar, final
@@ -103,11 +104,17 @@ def requires(*names: object, **options: object) -> Callable[[_F], _F]:
         setattr(function, REQUIRES_ATTRIBUTE, declared)
         return fixture
 
-    if len(names) == 1 and not options and callable(names[0]) and not isinstance(names[0], str):
+    if _bare(names, options):
         # ``@requires`` without its parentheses: the function would become
-        # ``declare``; keep it, and its tests get the "names must be strings" error
-        return declare(names[0])
+        # ``declare``; keep it, and its tests get the BARE_REQUIRES error
+        return declare(names[0])  # type: ignore[return-value]  # the function, not a decorator
     return declare
+
+
+def _bare(names: tuple[object, ...], options: Mapping[str, object]) -> bool:
+    """Return whether :func:`requires` was applied without its parentheses
+    (given the fixture function itself as its only name)."""
+    return len(names) == 1 and not options and callable(names[0]) and not isinstance(names[0], str)
 
 
 def _innermost(function: Any) -> Any:
@@ -142,7 +149,7 @@ def fixture_requests(fixturedef: pytest.FixtureDef[Any], config: pytest.Config) 
         try:
             requests = list(settings_of(config).fixture_resources.get(fixturedef.argname, ()))
             for names, options in getattr(_innermost(fixturedef.func), REQUIRES_ATTRIBUTE, ()):
-                if len(names) == 1 and not options and callable(names[0]) and not isinstance(names[0], str):
+                if _bare(names, options):
                     raise ResourceError(BARE_REQUIRES)
                 requests.extend(parse_resource_marker(names, options))
             found = tuple(requests)
@@ -201,9 +208,16 @@ def _definitions(manager: Any, name: str, item: pytest.Item) -> Sequence[pytest.
     """Return the definitions of a fixture name visible from ``item``, as
     pytest's fixture manager gives them (it takes the node from pytest 8.1 on,
     its node id before)."""
-    if "nodeid" in inspect.signature(manager.getfixturedefs).parameters:
+    if _takes_nodeid(manager.__class__):
         return manager.getfixturedefs(name, item.nodeid)  # type: ignore[no-any-return]
     return manager.getfixturedefs(name, item)  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _takes_nodeid(manager: Any) -> bool:
+    """Return whether a fixture manager class looks definitions up by node id
+    (pytest 8.0); asked once, not at every lookup."""
+    return "nodeid" in inspect.signature(manager.getfixturedefs).parameters
 
 
 def _fixture_requests_of(item: pytest.Item) -> tuple[Request, ...]:

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping, Sequence
 from typing import Any, Final, NoReturn, final
 
 import pytest
 
 from .declarations import INVALID_ON_FIXTURE, fixture_requests
-from .resources import FREE, Grant, Mode, Request, Requirement, ResourceError, merge_requests, slot_env_name
+from .resources import NOTHING, Grant, Request, Requirement, ResourceError, merge_requests, slot_env_name
 
-__all__ = ["NOT_HELD", "SLOTS_KEY", "Holds", "grant_of"]
+__all__ = ["NOT_HELD", "SLOTS_KEY", "Holds"]
 
 #: The slot numbers of the counted resources an item holds, by name.
 SLOTS_KEY: Final = pytest.StashKey[dict[str, list[int]]]()
@@ -54,7 +53,7 @@ class Holds:
         self._config = config
         #: The test running now, and what it holds.
         self._item: pytest.Item | None = None
-        self._held = Grant(FREE)
+        self._held = NOTHING
         #: Live fixtures that need resources, in setup order, each with what
         #: it needs and the slots held when it was set up.
         self._live: list[tuple[pytest.FixtureDef[Any], pytest.FixtureRequest, Grant]] = []
@@ -73,7 +72,7 @@ class Holds:
             os.environ.pop(slot_env_name(name), None)
         item.stash[SLOTS_KEY] = {}
         if self._item is item:
-            self._item, self._held = None, Grant(FREE)
+            self._item, self._held = None, NOTHING
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> None:
@@ -160,14 +159,3 @@ def _holds(requirement: Requirement, request: Request) -> bool:
     mode; as many counted slots)."""
     held = next((mine for mine in requirement.requests if mine.name == request.name), None)
     return held is not None and held.stronger(request) is held
-
-
-_NOTHING: Final = Grant(FREE)
-
-
-def grant_of(requests: Sequence[tuple[str, int, int]], slots: Mapping[str, Sequence[int]]) -> Grant:
-    """Return a grant from its wire form (see :class:`~.messages.Next`)."""
-    if not requests and not slots:
-        return _NOTHING
-    merged = merge_requests(Request(name, Mode(mode), count) for name, mode, count in requests)
-    return Grant(merged, {name: tuple(numbers) for name, numbers in slots.items()})

@@ -155,7 +155,7 @@ class Next(Message):
     #: Nothing more is expected soon: end session-scoped fixtures too.
     final: bool = False
     #: What the task was granted, ``(name, mode, slots)`` each (see
-    #: :func:`~.holds.grant_of`): fixtures that need resources are checked
+    #: :func:`~.resources.grant_to_wire`): fixtures that need resources are checked
     #: against it, and live on into the task only where it keeps their hold.
     requests: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
 

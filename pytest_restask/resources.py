@@ -34,6 +34,9 @@ __all__ = [
     "Request",
     "Requirement",
     "ResourceError",
+    "NOTHING",
+    "grant_from_wire",
+    "grant_to_wire",
     "merge_requests",
     "parse_capacities",
     "parse_fixture_lines",
@@ -297,6 +300,24 @@ class Grant:
             if counted and not set(other.slots.get(request.name, ())) <= set(self.slots.get(request.name, ())):
                 return False
         return True
+
+
+#: A grant of nothing: what a free test holds.
+NOTHING: Final = Grant(FREE)
+
+
+def grant_to_wire(grant: Grant | None) -> list[tuple[str, int, int]]:
+    """Return a grant's requests as plain ``(name, mode, slots)`` tuples, to
+    send to a worker beside its slot numbers (see :class:`~.messages.Next`)."""
+    return [] if grant is None else [(r.name, int(r.mode), r.slots) for r in grant.requirement.requests]
+
+
+def grant_from_wire(requests: Sequence[tuple[str, int, int]], slots: Mapping[str, Sequence[int]]) -> Grant:
+    """Return the grant that :func:`grant_to_wire` and the slot numbers describe."""
+    if not requests and not slots:
+        return NOTHING
+    merged = merge_requests(Request(name, Mode(mode), count) for name, mode, count in requests)
+    return Grant(merged, {name: tuple(numbers) for name, numbers in slots.items()})
 
 
 def _compatible(a: Request, b: Request) -> bool:

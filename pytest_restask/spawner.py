@@ -63,6 +63,7 @@ from .messages import (
     read_journal,
     to_wire,
 )
+from .resources import grant_to_wire
 from .statemachine import Task
 
 __all__ = ["KILL_GRACE", "STOP_GRACE", "Event", "ExecnetSpawner", "describe_exit"]
@@ -197,9 +198,7 @@ class ExecnetSpawner:
         else:
             slots = {} if task.grant is None else {k: list(v) for k, v in task.grant.slots.items()}
             nodeid, occurrence = self._locate(task)
-            granted = () if task.grant is None else task.grant.requirement.requests
-            requests = [(request.name, int(request.mode), request.slots) for request in granted]
-            message = Next(task.id, nodeid, occurrence, slots, keep_fixtures, final, requests)
+            message = Next(task.id, nodeid, occurrence, slots, keep_fixtures, final, grant_to_wire(task.grant))
         self._send(worker, message)
 
     def send_ahead(self, worker: str, tasks: Sequence[Task]) -> None:

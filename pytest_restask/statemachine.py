@@ -727,14 +727,10 @@ class StateMachine:
         (or finish it, when the run was aborted meanwhile)."""
         self.table.release(task.id)
         del self.queues.started[task.id]
-        worker = task.worker
+        self._tell(task, TaskState.READY, now, cause=REQUEUED)  # with the worker that gave it back
         task.worker = task.grant = task.started_at = None
         self.queues.ready.insert(0, task)
         self._ready_in[_module(task)] += 1
-        if self._observer is not None:
-            self._observer.task_changed(
-                TaskChanged(now, task.id, task.name, TaskState.READY, worker=worker, cause=REQUEUED)
-            )
         if self.aborted is not None:
             self.abort_queue(self.queues.ready, *self.aborted, now)
 

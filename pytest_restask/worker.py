@@ -49,8 +49,9 @@ Faults
   the controller's side reads when the worker dies: a crash still costs
   only the test that crashed, and no other test's result is lost.
 
-This module imports nothing of ours but the messages and :mod:`.holds` (with
-the declarations it checks fixtures against).
+This module imports nothing of ours but the messages, :mod:`.holds` (with
+the declarations it checks fixtures against) and the grants' wire form from
+:mod:`.resources`.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ from typing import Any, Final, Protocol, TextIO, final
 
 import pytest
 
-from pytest_restask.holds import Holds, grant_of
+from pytest_restask.holds import Holds
 from pytest_restask.messages import (
     ITEM_FIELDS,
     JOURNAL_DONE,
@@ -103,6 +104,7 @@ from pytest_restask.messages import (
     plain_dict,
     to_wire,
 )
+from pytest_restask.resources import grant_from_wire
 
 __all__ = ["WorkerSession", "serve"]
 
@@ -367,7 +369,9 @@ class WorkerSession:
         __tracebackhide__ = True
         holds, answer = self._holds, self._following
         if holds is not None and holds.live:
-            following = None if answer is None or answer.task_id is None else grant_of(answer.requests, answer.slots)
+            following = (
+                None if answer is None or answer.task_id is None else grant_from_wire(answer.requests, answer.slots)
+            )
             holds.end_unheld(following)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -446,7 +450,7 @@ class WorkerSession:
         self._current, self._asked, self._answered_ahead = (message.task_id, item), False, False
         self._last = self._current
         assert self._holds is not None
-        self._holds.enter(item, grant_of(message.requests, message.slots))
+        self._holds.enter(item, grant_from_wire(message.requests, message.slots))
         try:
             item.ihook.pytest_runtest_protocol(item=item, nextitem=item)
         except pytest.exit.Exception as e:
