@@ -38,13 +38,17 @@ from . import heap
 from .compat import CrashScheduler, WorkerNode
 from .declarations import declaration_error, declaration_of
 from .durations import Durations
+from .events import Observer, Observers
+from .hostlocks import WAITED_WORD, HostWaits, WriterIntents, waits_line
 from .messages import (
     CAPACITIES_KEY,
+    LOCK_DIR_KEY,
     SHARD_WORKERS_KEY,
     AtTeardown,
     Done,
     Dones,
     Finished,
+    HandBack,
     Interrupted,
     Missing,
     Ready,
@@ -83,6 +87,7 @@ SUMMARY_TEXT: Final = (
     "restask: {tests} tests on {workers} workers in {wall:.2f}s; "
     "their setup, call and teardown add up to {busy:.2f}s ({ratio:.1f}x)"
 )
+
 #: Workers import this package before pytest can rewrite its asserts.  The
 #: warning says nothing useful, and any such warning about another module is
 #: raised on the controller as well, so it is still shown once.  (The text
@@ -155,6 +160,11 @@ class Controller:
         self._generations: collections.Counter[str] = collections.Counter()
         #: Each task's outcome so far, for ``pytest_restask_task_state``.
         self._outcomes = Outcomes()
+        #: Waits for host locks that other runs held (with host-wide resources).
+        self._host_waits: HostWaits | None = None
+        self._intents: WriterIntents | None = None
+        #: The task whose report is being replayed (for its wait in -v).
+        self._replaying_task: int | None = None
 
     # -- hooks --------------------------------------------------------------------
 
@@ -196,10 +206,13 @@ class Controller:
         if worker is None or not isinstance(result, tuple) or len(result) != 3:
             return result
         category, letter, word = result
+        waits = self._host_waits
+        waited = None if waits is None or self._replaying_task is None else waits.waited.get(self._replaying_task)
+        after = "" if waited is None else " (" + WAITED_WORD.format(seconds=waited[0], resource=waited[1]) + ")"
         if isinstance(word, tuple) and word[0]:
-            return category, letter, (f"[{worker}] {word[0]}", word[1])
+            return category, letter, (f"[{worker}] {word[0]}{after}", word[1])
         if isinstance(word, str) and word:
-            return category, letter, f"[{worker}] {word}"
+            return category, letter, f"[{worker}] {word}{after}"
         return result
 
     @pytest.hookimpl(tryfirst=True)
@@ -242,7 +255,7 @@ class Controller:
             prefetch=not (
                 self._settings.failfast or self._config.option.maxfail or self._config.getoption("stepwise", False)
             ),
-            observer=TaskStateHook(self._config, self._outcomes.word) if has_listeners(self._config) else None,
+            observer=self._observer(tasks),
         )
         self._session = session
         completed = False
@@ -258,6 +271,8 @@ class Controller:
             heap.freeze(self._config)
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if self._intents is not None:
+                self._intents.release_all()
             if completed:
                 # waited for at pytest's cleanup, after the summary and every plugin's
                 # unconfigure: a worker's interpreter takes a second to exit with 10,000 tests
@@ -277,6 +292,18 @@ class Controller:
             raise session.Interrupted(session.shouldstop)
         return True
 
+    def _observer(self, tasks: list[Task]) -> Observer | None:
+        """Return who the state machine tells what happens: plugins'
+        ``pytest_restask_task_state``, and the waits for host locks."""
+        observers: list[Observer] = []
+        if has_listeners(self._config):
+            observers.append(TaskStateHook(self._config, self._outcomes.word))
+        if self._settings.lock_dir is not None:
+            self._intents = WriterIntents(self._settings.lock_dir)
+            self._host_waits = HostWaits(self._intents, {task.id: task.requirement for task in tasks})
+            observers.append(self._host_waits)
+        return observers[0] if len(observers) == 1 else Observers(observers) if observers else None
+
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if self._span is not None and self._logged:
             wall = max(self._span[1] - self._span[0], 1e-9)
@@ -284,6 +311,8 @@ class Controller:
                 tests=len(self._logged), workers=self._workercount, wall=wall, busy=self._busy, ratio=self._busy / wall
             )
             terminalreporter.write_line(text)
+        if self._host_waits is not None and self._host_waits.waited:
+            terminalreporter.write_line(waits_line(self._host_waits.waited.values()))
         for text, workers in self._worker_failures.items():
             who = "worker" if len(set(workers)) == 1 else "workers"
             terminalreporter.write_sep("-", f"{who} {_times(workers)} failed outside a test", red=True)
@@ -386,6 +415,8 @@ class Controller:
                 self._task_done(worker, task_id, reports, machine)
         elif isinstance(message, WarningRecorded):
             self._replay_warning(message)
+        elif isinstance(message, HandBack):
+            machine.hand_back(worker, message.task_id, message.resource, now)
         elif isinstance(message, Missing):
             item = self._items[message.task_id]
             self._report_failure(
@@ -497,11 +528,11 @@ class Controller:
         self._phases.setdefault(task_id, {})[report.when or ""] = report.outcome
         self._outcomes.note(task_id, report)
         self._busy += report.duration
-        self._replaying = worker
+        self._replaying, self._replaying_task = worker, task_id
         try:
             self._config.hook.pytest_runtest_logreport(report=report)
         finally:
-            self._replaying = None
+            self._replaying = self._replaying_task = None
         self._check_stop()
 
     def _report_failure(
@@ -600,6 +631,8 @@ class Controller:
             SHARD_WORKERS_KEY: self._settings.shard_workers,
             CAPACITIES_KEY: dict(self._settings.capacities),
         }
+        if self._settings.lock_dir is not None:
+            workerinput[LOCK_DIR_KEY] = str(self._settings.lock_dir)
         node = self._nodes[worker] = WorkerNode(worker, self._config, workerinput, self._settings.workers)
         self._config.hook.pytest_configure_node(node=node)
         args = [*params.args, *overrides]

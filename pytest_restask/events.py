@@ -26,6 +26,7 @@ from typing import Protocol, final
 from .resources import Grant
 
 __all__ = [
+    "HOST_BUSY",
     "Blocker",
     "Observer",
     "Observers",
@@ -76,6 +77,9 @@ class TaskState(enum.Enum):
 #: (it was handed over or sent ahead), or a plugin asked to run a crashed one again.
 REQUEUED = "requeued"
 RETRY = "retry"
+#: Why a task went back to ``ready``: another run on the host held one of its
+#: host-wide resources (see :mod:`.hostlocks`), so its worker handed it back.
+HOST_BUSY = "host busy"
 
 
 @final
@@ -97,8 +101,10 @@ class TaskChanged:
     detail: str = ""
     #: On ``started``: what it was granted (resources, modes, slot numbers).
     grant: Grant | None = None
-    #: On a return to ``ready``: :data:`REQUEUED` or :data:`RETRY`.
+    #: On a return to ``ready``: :data:`REQUEUED`, :data:`RETRY` or :data:`HOST_BUSY`.
     cause: str | None = None
+    #: With :data:`HOST_BUSY`: the host-wide resource another run held.
+    resource: str | None = None
 
 
 @final
@@ -109,16 +115,20 @@ class Blocker:
     ``resource``: the resource in conflict (None when the conflict is with
     a serial task, which conflicts with everything).  ``holder``: the id of
     the task that holds it, or of the waiting task whose claim comes first
-    (``claim`` True).
+    (``claim`` True); -1 with ``other_run``: another run on the host holds
+    the host-wide ``resource``, and the task waits to try again.
     """
 
     resource: str | None
     holder: int
     claim: bool = False
+    other_run: bool = False
 
     def describe(self, names: dict[int, str] | None = None) -> str:
         """Say it in words: "'db' held by 3", "claim on 'db' of 4", "serial 2"."""
         who = str(self.holder) if names is None else names.get(self.holder, str(self.holder))
+        if self.other_run:
+            return f"{self.resource!r} held by another run"
         if self.resource is None:
             return f"serial {who}"
         if self.claim:

@@ -67,6 +67,9 @@ SHARD_WORKERS_KEY: Final = "restask_shard_workers"
 #: controller merged them from the ini file and ``pytest_restask_capacities``
 #: (which is called once, on the controller).
 CAPACITIES_KEY: Final = "restask_capacities"
+#: ``config.workerinput`` key: the lock directory of host-wide resources, as
+#: the controller resolved it (the same for the controller and its workers).
+LOCK_DIR_KEY: Final = "restask_lock_dir"
 #: Fields of a serialized report that the controller takes from its own
 #: item instead (they are the item's): fewer bytes on the wire, and the
 #: controller's reports share their strings with its items.
@@ -77,7 +80,7 @@ ITEM_FIELDS: Final = ("nodeid", "location", "keywords")
 JOURNAL_TEARDOWN: Final = "teardown"
 JOURNAL_DONE: Final = "done"
 #: Bumped whenever a message changes shape.
-PROTOCOL_VERSION: Final = 10
+PROTOCOL_VERSION: Final = 11
 
 Wire: TypeAlias = tuple[str, dict[str, Any]]
 #: A phase that passed with no output, properties or extra attributes:
@@ -286,6 +289,17 @@ class Missing(Message):
 
 @final
 @dataclasses.dataclass(frozen=True, slots=True)
+class HandBack(Message):
+    """The worker could not take a host-wide lock of the task (another run
+    holds ``resource``): it ran nothing for it and holds none of its locks."""
+
+    name: ClassVar[str] = "hand_back"
+    task_id: int
+    resource: str
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
 class WorkerFailed(Message):
     """The worker's session failed outside any test (e.g. a conftest error)."""
 
@@ -342,6 +356,7 @@ _MESSAGES: Final[dict[str, type[Message]]] = {
         Done,
         Dones,
         Missing,
+        HandBack,
         WorkerFailed,
         Finished,
         Interrupted,

@@ -22,8 +22,10 @@ command line or in ``addopts``), and otherwise leaves xdist alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
+import time
 import warnings
 from collections.abc import Generator, Sequence
 from pathlib import Path
@@ -35,10 +37,12 @@ from . import compat, durations, heap, hookspecs, xdisthooks
 from .declarations import declaration_error, requirement_of
 from .durations import Durations, DurationsRecorder
 from .holds import SLOTS_KEY, Holds
+from .hostlocks import WAITED_WORD, HostLockError, HostLocks, WriterIntents, register_capacities, waits_line
 from .messages import WORKERINPUT_KEY
-from .resources import FIXTURE_LINE_FORM, FREE, Grant, LockTable
+from .resources import FIXTURE_LINE_FORM, FREE, Grant, LockTable, Mode
 from .settings import AUTO_KEY, Settings, has_xdist, numprocesses, owns_n
 from .sharding import Shard, ShardTest, split
+from .statemachine import HOST_RETRY_FIRST, HOST_RETRY_MAX
 from .taskstate import LocalTaskStates
 
 __all__ = [
@@ -61,7 +65,12 @@ TIMEOUT_DESC: Final = (
 )
 RESOURCES_DESC: Final = (
     "Capacities of counted resources, one 'name: capacity' line each (default capacity: 1); "
-    "'name: capacity global' for one copy shared by all --shard jobs"
+    "'name: capacity global' for one copy shared by all --shard jobs, "
+    "'name: capacity host' to lock it across every run on this machine"
+)
+LOCK_DIR_DESC: Final = (
+    "Directory of the locks of host-wide resources ('name: capacity host'); runs see each other's locks only "
+    "if they share it (default: a per-user directory under the system's temporary directory)"
 )
 FIXTURES_DESC: Final = (
     f"Resources of fixtures you do not own (a plugin's), one '{FIXTURE_LINE_FORM}' line each: "
@@ -96,7 +105,15 @@ SPACE_FORM: Final = (
 )
 #: restask's options that take a value: written as ``--opt VALUE``, pytest's
 #: first look at the command line (before plugins load) sees VALUE as a test path.
-VALUE_OPTIONS: Final = ("--durations-file", "--shard", "--task-timeout", "--max-worker-restart", "--numprocesses", "-n")
+VALUE_OPTIONS: Final = (
+    "--durations-file",
+    "--lock-dir",
+    "--shard",
+    "--task-timeout",
+    "--max-worker-restart",
+    "--numprocesses",
+    "-n",
+)
 
 TIMEOUT_MARKER: Final = (
     "timeout(seconds): end the test on its worker after this many seconds, setup to teardown, "
@@ -107,6 +124,9 @@ NOT_APPLY_TIMEOUT_MARKER: Final = (
     "or with pytest-timeout installed; it is ignored here"
 )
 
+HOST_WAITING: Final = (
+    "restask: {nodeid} waits for host lock {resource!r}, held by another run (lock directory {directory})"
+)
 SHARD_LINE: Final = "restask: shard {shard}: {selected} of {total} selected tests (split for {workers} worker(s) a job)"
 SHARD_DESELECTED: Final = "restask: {count} deselected by --shard {shard}"
 SHARD_EMPTY: Final = "restask: shard {shard} has no tests ({total} selected tests for {n} shards); nothing to run"
@@ -158,6 +178,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--durations-file", dest="durations_file", metavar="FILE", default=None, help=DURATIONS_FILE_DESC)
     parser.addini("restask_resources", RESOURCES_DESC, type="linelist", default=[])
     parser.addini("restask_fixtures", FIXTURES_DESC, type="linelist", default=[])
+    group.addoption("--lock-dir", dest="lock_dir", metavar="DIR", default=None, help=LOCK_DIR_DESC)
+    parser.addini("restask_lock_dir", LOCK_DIR_DESC, default="")
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -325,6 +347,8 @@ def pytest_configure(config: pytest.Config) -> None:
         if settings.shard is not None:  # the same split as the controller's, or the collections differ
             config.pluginmanager.register(ShardSelection(config, settings, durations.load(config)), "restask.shard")
         return
+    if settings.lock_dir is not None and not config.option.collectonly:
+        _register_host_capacities(config, settings)
     recorder = DurationsRecorder(config, save=settings.shard is None)
     config.pluginmanager.register(recorder, "restask.durations")
     if settings.shard is not None:
@@ -358,6 +382,23 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(Controller(config, settings, recorder.durations), "restask.controller")
 
 
+def _register_host_capacities(config: pytest.Config, settings: Settings) -> None:
+    """Tell the other runs on this host our capacities of host-wide resources
+    (or stop, when a live run declared others), for as long as this run lives."""
+    assert settings.lock_dir is not None
+    capacities = {name: settings.capacities.get(name, 1) for name in settings.host_resources}
+    try:
+        held = register_capacities(settings.lock_dir, capacities)
+    except HostLockError as e:
+        raise pytest.UsageError(str(e)) from None
+
+    def release() -> None:
+        for lock in held:
+            lock.release()
+
+    config.add_cleanup(release)
+
+
 @pytest.fixture
 def restask_slots(request: pytest.FixtureRequest) -> dict[str, list[int]]:
     """The slot numbers of each counted resource this test holds, e.g. ``{"gpu": [1]}``."""
@@ -385,6 +426,14 @@ class LocalRun:
         #: The hold of the test running here, and the fixtures living under holds.
         self.holds = Holds(config)
         config.pluginmanager.register(self.holds, "restask.holds")
+        #: Host-wide locks of the tests running here (None: no host resources).
+        self.host: HostLocks | None = None
+        self._intents: WriterIntents | None = None
+        if settings.lock_dir is not None:
+            self.host = HostLocks(settings.lock_dir, settings.capacities, settings.host_resources)
+            self._intents = WriterIntents(settings.lock_dir)
+        #: Seconds tests here waited for host locks other runs held, and for what.
+        self.host_waited: dict[str, tuple[float, str]] = {}
         #: Tests whose reporting finished (in any mode).
         self._finished = 0
         self._interrupted = False
@@ -407,7 +456,49 @@ class LocalRun:
         error = declaration_error(item, self.table)
         if error is not None:
             pytest.fail(error, pytrace=False)
-        self.holds.enter(item, self.table.grant(item, requirement_of(item)))
+        grant = self.table.grant(item, requirement_of(item))
+        if self.host is not None:
+            grant = self._take_host(item, grant)
+        self.holds.enter(item, grant)
+
+    def _take_host(self, item: pytest.Item, grant: Grant) -> Grant:
+        """Take the test's host locks, waiting (here nothing else could run)
+        while another run holds one; say so once the wait passes a second."""
+        assert self.host is not None
+        assert self._intents is not None
+        requests = self.host.requests(grant.requirement.requests)
+        if not requests:
+            return grant
+        started = time.monotonic()
+        delay, told = HOST_RETRY_FIRST, False
+        try:
+            while True:
+                taken = self.host.take(requests, grant.slots)
+                busy = taken.busy
+                if busy is None:
+                    break
+                self.host.keep_only(())  # all or none: never wait while holding one
+                if any(r.name == busy and r.mode is Mode.EXCLUSIVE for r in requests):
+                    self._intents.want(busy, item.nodeid)
+                if not told and time.monotonic() - started > 1.0:
+                    told = True
+                    self._tell(HOST_WAITING.format(nodeid=item.nodeid, resource=busy, directory=self.host.directory))
+                time.sleep(delay)
+                delay = min(2 * delay, HOST_RETRY_MAX)
+                self.host_waited[item.nodeid] = (time.monotonic() - started, busy)
+        finally:
+            self._intents.done(item.nodeid)
+        if item.nodeid in self.host_waited:
+            self.host_waited[item.nodeid] = (time.monotonic() - started, self.host_waited[item.nodeid][1])
+        return Grant(grant.requirement, {**grant.slots, **taken.slots}) if taken.slots else grant
+
+    def _tell(self, line: str) -> None:
+        """Show a line now, in the middle of a test's setup (past capturing)."""
+        reporter = self._config.pluginmanager.get_plugin("terminalreporter")
+        capture = self._config.pluginmanager.get_plugin("capturemanager")
+        if reporter is not None:
+            with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+                reporter.write_line(line, yellow=True)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> object:
@@ -421,6 +512,9 @@ class LocalRun:
             finally:
                 if self.table.release(item) is not None:
                     self.holds.leave(item)
+                if self.host is not None:  # what the next test also takes stays held
+                    following = None if nextitem is None else self._following(item, nextitem)
+                    self.host.keep_only(() if following is None else following.requirement.requests)
 
     def _following(self, item: pytest.Item, nextitem: pytest.Item) -> Grant | None:
         """Return what the next test will hold, handed over from ``item``
@@ -447,6 +541,13 @@ class LocalRun:
         session = self._session
         if session is None or self._config.getoption("collectonly"):
             return
+        if self.host_waited:
+            terminalreporter.write_line(waits_line(self.host_waited.values()))
+            if self._config.get_verbosity() > 0:
+                for nodeid, (seconds, resource) in self.host_waited.items():
+                    terminalreporter.write_line(
+                        f"  {nodeid}: " + WAITED_WORD.format(seconds=seconds, resource=resource)
+                    )
         not_run = len(session.items) - self._finished
         stopped = session.shouldfail or session.shouldstop
         if not_run > 0 and (self._finished > 0 or self._interrupted or stopped):

@@ -176,9 +176,11 @@ def merge_requests(requests: Iterable[Request], serial: bool = False) -> Require
     return Requirement(tuple(strongest[n] for n in sorted(strongest)), serial)
 
 
-_CAPACITY_LINE = re.compile(r"^\s*(?P<name>[^:]+?)\s*:\s*(?P<capacity>\S+)(?:\s+(?P<scope>\S+))?\s*$")
+_CAPACITY_LINE = re.compile(r"^\s*(?P<name>[^:]+?)\s*:\s*(?P<capacity>\S+)(?P<scopes>(?:\s+\S+)*)\s*$")
 #: The word after a capacity that makes a resource one copy for all CI jobs.
 GLOBAL: Final = "global"
+#: The word after a capacity that locks a resource across every run on the host.
+HOST: Final = "host"
 
 
 def parse_capacities(lines: Iterable[str]) -> dict[str, int]:
@@ -202,17 +204,19 @@ def _ini_lines(
         yield line, match
 
 
-def parse_resources(lines: Iterable[str]) -> tuple[dict[str, int], frozenset[str]]:
-    """Parse ``restask_resources`` lines ``name: capacity`` or ``name: capacity global``.
+def parse_resources(lines: Iterable[str]) -> tuple[dict[str, int], frozenset[str], frozenset[str]]:
+    """Parse ``restask_resources`` lines ``name: capacity [global] [host]``.
 
-    Return the capacities, and the names declared ``global``: one copy shared
-    by every CI job of a ``--shard`` split, rather than one per job.  Blank
-    lines and lines starting with ``#`` are skipped.  Raise
-    :class:`ResourceError` quoting the first bad line.
+    Return the capacities, the names declared ``global`` (one copy shared by
+    every CI job of a ``--shard`` split, rather than one per job) and the
+    names declared ``host`` (locked across every run on this machine, see
+    :mod:`.hostlocks`).  Blank lines and lines starting with ``#`` are
+    skipped.  Raise :class:`ResourceError` quoting the first bad line.
     """
     capacities: dict[str, int] = {}
-    global_names: set[str] = set()
-    for line, match in _ini_lines(lines, _CAPACITY_LINE, "restask_resources", "name: capacity", "gpu: 2"):
+    scoped: dict[str, set[str]] = {GLOBAL: set(), HOST: set()}
+    form = "name: capacity [global] [host]"
+    for line, match in _ini_lines(lines, _CAPACITY_LINE, "restask_resources", form, "gpu: 2 host"):
         name, text = match.group("name"), match.group("capacity")
         try:
             capacity = int(text)
@@ -224,16 +228,15 @@ def parse_resources(lines: Iterable[str]) -> tuple[dict[str, int], frozenset[str
             )
         if name in capacities:
             raise ResourceError(f"restask_resources line {line!r}: {name!r} is declared twice")
-        scope = match.group("scope")
-        if scope is not None and scope != GLOBAL:
-            raise ResourceError(
-                f"restask_resources line {line!r}: after the capacity only {GLOBAL!r} may follow "
-                f"(one copy for all CI jobs), got {scope!r}"
-            )
+        for scope in match.group("scopes").split():
+            if scope not in scoped:
+                raise ResourceError(
+                    f"restask_resources line {line!r}: after the capacity only {GLOBAL!r} (one copy for all "
+                    f"CI jobs) and {HOST!r} (locked across the runs on this machine) may follow, got {scope!r}"
+                )
+            scoped[scope].add(name)
         capacities[name] = capacity
-        if scope == GLOBAL:
-            global_names.add(name)
-    return capacities, frozenset(global_names)
+    return capacities, frozenset(scoped[GLOBAL]), frozenset(scoped[HOST])
 
 
 _FIXTURE_LINE = re.compile(r"^(?P<fixture>[^:\s]+)\s*:\s*(?P<resource>\S+)(?:\s+(?P<mode>\S+))?$")

@@ -13,13 +13,15 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Final, final
 
 import pytest
 
 from . import cpus
-from .messages import CAPACITIES_KEY, SHARD_WORKERS_KEY
+from .hostlocks import HostLockError, default_lock_dir, prepare_lock_dir
+from .messages import CAPACITIES_KEY, LOCK_DIR_KEY, SHARD_WORKERS_KEY
 from .resources import Request, ResourceError, parse_fixture_lines, parse_resources
 from .sharding import ShardError, parse_shard
 
@@ -76,6 +78,10 @@ class Settings:
     fixture_resources: Mapping[str, tuple[Request, ...]] = dataclasses.field(default_factory=dict)
     #: Resources with one copy for every CI job of a ``--shard`` split.
     global_resources: frozenset[str] = frozenset()
+    #: Resources locked across every run on this host (see :mod:`.hostlocks`).
+    host_resources: frozenset[str] = frozenset()
+    #: Where their locks live, created and checked (None: no host resources).
+    lock_dir: Path | None = None
     #: This job's part of a CI split: (K, N), or None.
     shard: tuple[int, int] | None = None
     #: Workers per CI job that ``--shard`` balances for (also with --shard-plan, and on workers).
@@ -91,10 +97,14 @@ class Settings:
     def from_config(cls, config: pytest.Config) -> Settings:
         """Read and check the options and ini keys; raise :class:`pytest.UsageError`."""
         try:
-            capacities, global_resources = parse_resources(config.getini("restask_resources"))
+            capacities, global_resources, host_resources = parse_resources(config.getini("restask_resources"))
             fixture_resources = parse_fixture_lines(config.getini("restask_fixtures"))
         except ResourceError as e:
             raise pytest.UsageError(f"{e} (in the ini file {config.inipath})") from None
+        try:
+            lock_dir = prepare_lock_dir(_lock_dir(config)) if host_resources else None
+        except HostLockError as e:
+            raise pytest.UsageError(str(e)) from None
         workers = _workers_wanted(config)
         restarts = config.getoption("maxworkerrestart", None)
         settings = cls(
@@ -102,6 +112,8 @@ class Settings:
             capacities=MappingProxyType(_capacities(config, capacities)),
             fixture_resources=MappingProxyType(fixture_resources),
             global_resources=global_resources,
+            host_resources=host_resources,
+            lock_dir=lock_dir,
             shard=_shard_wanted(config),
             shard_workers=_shard_workers(config),
             failfast=config.getoption("failfast"),
@@ -119,6 +131,23 @@ def settings_of(config: pytest.Config) -> Settings:
     """Return the run's settings, made in ``pytest_configure``
     (a config that restask did not configure gets the defaults)."""
     return config.stash.get(SETTINGS_KEY, None) or Settings()
+
+
+def _lock_dir(config: pytest.Config) -> Path:
+    """Return the lock directory: on a restask worker the controller's, else
+    ``--lock-dir``, ``restask_lock_dir`` (relative to the ini file's
+    directory) or the per-user default."""
+    workerinput = getattr(config, "workerinput", None)
+    if isinstance(workerinput, dict) and LOCK_DIR_KEY in workerinput:
+        return Path(workerinput[LOCK_DIR_KEY])
+    option = config.getoption("lock_dir", None)
+    if option:
+        return Path(config.invocation_params.dir, os.path.expanduser(option)).resolve()
+    ini = config.getini("restask_lock_dir")
+    if ini:
+        base = config.inipath.parent if config.inipath is not None else config.rootpath
+        return Path(base, os.path.expanduser(str(ini))).resolve()
+    return default_lock_dir()
 
 
 def _capacities(config: pytest.Config, ini: dict[str, int]) -> dict[str, int]:

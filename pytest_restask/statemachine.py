@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import heapq
 import itertools
 import math
 from collections.abc import Iterable, Sequence
@@ -49,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol, final
 
 from .events import (
+    HOST_BUSY,
     REQUEUED,
     RETRY,
     Blocker,
@@ -95,6 +97,12 @@ class Task:
     reason: Reason | None = None
     #: Human detail of the reason: the crash cause, the abort cause, ...
     detail: str = ""
+    #: Handed back because another run held this host-wide resource (see
+    #: :meth:`StateMachine.hand_back`): not tried again before ``not_before``.
+    host_busy: str | None = None
+    not_before: float = 0.0
+    #: How many times it was handed back.
+    bounces: int = 0
 
 
 class Spawner(Protocol):
@@ -170,6 +178,11 @@ def _claim_blocks(claim: Requirement, requirement: Requirement) -> bool:
     return False
 
 
+#: A task handed back for a host lock is tried again after this many seconds,
+#: doubled at each further hand-back up to :data:`HOST_RETRY_MAX`: no busy
+#: loop, and never more than a quarter second late.
+HOST_RETRY_FIRST = 0.02
+HOST_RETRY_MAX = 0.25
 #: Seconds below which estimates do not order tasks (see :func:`prioritize`).
 SHORT = 0.05
 #: At most this many tasks, and this many estimated seconds of them, are
@@ -297,6 +310,8 @@ class StateMachine:
         self._bootstrapped = False
         #: How many ready tasks each module has (see _pick).
         self._ready_in: collections.Counter[str] = collections.Counter()
+        #: When tasks handed back may be tried again (a heap of times).
+        self._wakeups: list[float] = []
 
     # -- queries -------------------------------------------------------------
 
@@ -320,8 +335,11 @@ class StateMachine:
         return [w.name for w in self._workers.values() if w.phase is not WorkerPhase.GONE]
 
     def next_deadline(self) -> float | None:
-        """Return the earliest time at which a running task times out."""
+        """Return the earliest time at which :meth:`tick` has work: a running
+        task times out, or a task handed back may be tried again."""
         deadlines = [d for d in map(self._deadline, self._workers.values()) if d is not None]
+        if self._wakeups:
+            deadlines.append(self._wakeups[0])
         return min(deadlines, default=None)
 
     def _deadline(self, worker: _Worker) -> float | None:
@@ -551,7 +569,7 @@ class StateMachine:
         crashed = next(task for task in reversed(self.queues.finished) if task.id == task_id)
         assert crashed.reason is Reason.CRASHED, crashed
         task = dataclasses.replace(
-            crashed, worker=None, grant=None, started_at=None, finished_at=None, reason=None, detail=""
+            crashed, worker=None, grant=None, started_at=None, finished_at=None, reason=None, detail="", not_before=0.0
         )
         self.queues.ready.insert(0, task)
         self._ready_in[_module(task)] += 1
@@ -559,12 +577,51 @@ class StateMachine:
         self.start(now)
         return True
 
+    def hand_back(self, worker: str, task_id: int, resource: str, now: float) -> None:
+        """A worker could not take a host-wide lock of its running task:
+        another run holds ``resource``.  The task ran nothing; it goes back
+        to the front of the ready queue, keeps its claim there (so later
+        conflicting tasks of this run do not pass it), and is tried again
+        after a short wait (:data:`HOST_RETRY_FIRST`, doubling up to
+        :data:`HOST_RETRY_MAX`); the worker takes other work."""
+        state = self._workers[worker]
+        task = state.running
+        assert task is not None, (worker, task_id)
+        assert task.id == task_id, (worker, task_id)
+        self.table.release(task.id)
+        del self.queues.started[task.id]
+        task.host_busy = resource
+        task.not_before = now + min(HOST_RETRY_MAX, HOST_RETRY_FIRST * 2**task.bounces)
+        task.bounces += 1
+        heapq.heappush(self._wakeups, task.not_before)
+        self._tell(task, TaskState.READY, now, cause=HOST_BUSY)
+        task.worker = task.grant = task.started_at = None
+        self.queues.ready.insert(0, task)
+        self._ready_in[_module(task)] += 1
+        state.told_nothing = False
+        if state.queued:
+            state.running = state.queued.popleft()
+            state.queued_seconds = state.queued_seconds - state.running.estimate if state.queued else 0.0
+            state.running.started_at = now
+        else:
+            state.running = None
+            if state.phase is WorkerPhase.BUSY:
+                self._set_phase(state, WorkerPhase.IDLE, now)
+        if self.aborted is not None:
+            self.abort_queue(self.queues.ready, *self.aborted, now)
+        self.start(now)
+
     def overdue(self, now: float) -> list[str]:
         """Return the workers whose task has run past its time limit."""
         return [w.name for w in self._workers.values() if (d := self._deadline(w)) is not None and now >= d]
 
     def tick(self, now: float) -> None:
-        """Kill the workers whose task ran past the task timeout."""
+        """Kill the workers whose task ran past the task timeout, and start
+        the tasks handed back whose time to try again has come."""
+        if self._wakeups and self._wakeups[0] <= now:
+            while self._wakeups and self._wakeups[0] <= now:
+                heapq.heappop(self._wakeups)
+            self.start(now)
         for worker in self.overdue(now):
             state = self._workers[worker]
             assert state.running is not None
@@ -683,6 +740,13 @@ class StateMachine:
                 if self._observer is not None:
                     self._tell_waiting(task, _claim_blocker(claim, requirement), now)
                 continue
+            if task.not_before > now:  # handed back: another run holds a host lock
+                if self._observer is not None:
+                    self._tell_waiting(task, Blocker(task.host_busy, -1, other_run=True), now)
+                if requirement.serial:
+                    break
+                claims.append(task)
+                continue
             if self.table.can_grant(requirement, replacing=holder):
                 module = _module(task)
                 if worker is None or module == near:
@@ -760,6 +824,7 @@ class StateMachine:
                     detail=task.detail if state is TaskState.FINISHED else "",
                     grant=task.grant if state is TaskState.STARTED else None,
                     cause=cause,
+                    resource=task.host_busy if cause == HOST_BUSY else None,
                 )
             )
 

@@ -73,6 +73,7 @@ from typing import Any, Final, Protocol, TextIO, final
 import pytest
 
 from pytest_restask.holds import Holds
+from pytest_restask.hostlocks import HostLocks, Taken
 from pytest_restask.messages import (
     ITEM_FIELDS,
     JOURNAL_DONE,
@@ -85,6 +86,7 @@ from pytest_restask.messages import (
     Done,
     Dones,
     Finished,
+    HandBack,
     Interrupted,
     Message,
     Missing,
@@ -104,7 +106,8 @@ from pytest_restask.messages import (
     plain_dict,
     to_wire,
 )
-from pytest_restask.resources import grant_from_wire
+from pytest_restask.resources import Grant, grant_from_wire
+from pytest_restask.settings import settings_of
 
 __all__ = ["WorkerSession", "serve"]
 
@@ -174,6 +177,11 @@ class WorkerSession:
         self._plain_passes = False
         #: The current task's next was sent ahead: nobody waits for its Done.
         self._answered_ahead = False
+        #: Host-wide locks (see :mod:`.hostlocks`), made at the first task that needs one.
+        self._host: HostLocks | None = None
+        #: The host locks of the task that follows, tried when its predecessor
+        #: reached teardown: (task id, what was taken or found busy).
+        self._taken: tuple[int, Taken] | None = None
 
     @property
     def started(self) -> bool:
@@ -318,6 +326,8 @@ class WorkerSession:
             raise ProtocolError(f"unexpected message {message.name!r} while idle")
         if self._last is not None:
             self._end_session_fixtures(*self._last)
+        if self._host is not None:
+            self._host.release_all()
         self.flush()
         return True
 
@@ -353,12 +363,20 @@ class WorkerSession:
             raise ProtocolError(f"expected 'next' at teardown, got {answer.name!r}")
         self._next = answer
         target: pytest.Item | pytest.Session | None = item.session
-        if answer.task_id is None:
+        following = answer
+        if answer.task_id is not None:
+            # tried now, while this task's locks are held: when another run
+            # holds one, the next task is handed back, and this teardown ends
+            # what this task's hold covered, as if nothing followed
+            self._taken = (answer.task_id, self._take_host(answer))
+            if self._taken[1].busy is not None:
+                following = Next(None)
+        if following.task_id is None:
             target = None if answer.final else item.session
         elif answer.keep_fixtures:
             target = self._lookup(answer) or item.session
         self._teardown_target = target
-        self._following = answer
+        self._following = following
         try:
             _teardown_to(item.session, target)
         finally:
@@ -439,18 +457,58 @@ class WorkerSession:
         items = self._items.get(message.nodeid, [])
         return items[message.occurrence] if message.occurrence < len(items) else None
 
+    def _host_locks(self) -> HostLocks | None:
+        """Return this worker's host locks, made at first use (None: the run has no host-wide resources)."""
+        if self._host is None:
+            assert self._config is not None
+            settings = settings_of(self._config)
+            if settings.lock_dir is not None:
+                self._host = HostLocks(settings.lock_dir, settings.capacities, settings.host_resources)
+        return self._host
+
+    def _take_host(self, message: Next) -> Taken:
+        """Take the host locks of a task, or say which one another run holds."""
+        host = self._host_locks() if message.requests else None
+        if host is None:
+            return Taken({})
+        return host.take(grant_from_wire(message.requests, {}).requirement.requests, message.slots)
+
+    def _keep_host_for(self, following: Next | None) -> None:
+        """Release the host locks the task that follows does not take over."""
+        if self._host is None:
+            return
+        taken = self._taken
+        if following is None or following.task_id is None or taken is None or taken[0] != following.task_id:
+            self._host.keep_only(())
+        elif taken[1].busy is None:
+            self._host.keep_only(grant_from_wire(following.requests, {}).requirement.requests)
+        else:
+            self._host.keep_only(())
+
     def _run(self, message: Next) -> None:
         assert message.task_id is not None
         assert self._session is not None
         self._next = None
         item = self._lookup(message)
         if item is None:
+            self._taken = None
+            self._keep_host_for(None)
             self.send(Missing(message.task_id, message.nodeid))
             return
+        taken, self._taken = self._taken, None
+        if taken is None or taken[0] != message.task_id:
+            taken = (message.task_id, self._take_host(message))
+        if taken[1].busy is not None:  # another run holds it: the controller retries later
+            self._keep_host_for(None)
+            self.send(HandBack(message.task_id, taken[1].busy))
+            return
+        grant = grant_from_wire(message.requests, message.slots)
+        if taken[1].slots:  # the host's slot numbers, which other runs do not use now
+            grant = Grant(grant.requirement, {**grant.slots, **taken[1].slots})
         self._current, self._asked, self._answered_ahead = (message.task_id, item), False, False
         self._last = self._current
         assert self._holds is not None
-        self._holds.enter(item, grant_from_wire(message.requests, message.slots))
+        self._holds.enter(item, grant)
         try:
             item.ihook.pytest_runtest_protocol(item=item, nextitem=item)
         except pytest.exit.Exception as e:
@@ -467,6 +525,7 @@ class WorkerSession:
         if not self._asked:
             # a plugin ran the protocol without our teardown hook; ask now
             self._ask_and_tear_down(message.task_id, item)
+        self._keep_host_for(self._next)
         self._send_done(message.task_id, self._take_reports())
         # the controller owns stopping; see the module docstring
         self._session.shouldfail = False

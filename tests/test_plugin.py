@@ -66,7 +66,7 @@ def test_bad_declarations_error_at_setup_naming_the_test(pytester: pytest.Pytest
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("gpu 2", "restask_resources line 'gpu 2' is not of the form 'name: capacity'"),
+        ("gpu 2", "restask_resources line 'gpu 2' is not of the form 'name: capacity ?global? ?host?'"),
         ("gpu: lots", "restask_resources line 'gpu: lots': capacity must be a whole number of at least 1"),
     ],
 )

@@ -79,11 +79,11 @@ class TestCapacities:
     @pytest.mark.parametrize(
         ("line", "message"),
         [
-            ("gpu 2", "line 'gpu 2' is not of the form 'name: capacity'"),
+            ("gpu 2", "line 'gpu 2' is not of the form 'name: capacity \\[global\\] \\[host\\]'"),
             ("gpu: two", "capacity must be a whole number of at least 1, got 'two'"),
             ("gpu: 0", "got '0'"),
-            ("gpu: 2 3", "after the capacity only 'global' may follow .*, got '3'"),
-            ("gpu: 2 global now", "not of the form"),
+            ("gpu: 2 3", "after the capacity only 'global' .* and 'host' .* may follow, got '3'"),
+            ("gpu: 2 global now", "may follow, got 'now'"),
         ],
     )
     def test_bad(self, line: str, message: str) -> None:
@@ -91,9 +91,17 @@ class TestCapacities:
             parse_capacities([line])
 
     def test_global(self) -> None:
-        capacities, global_names = parse_resources(["staging: 1 global", "gpu: 2", "lab : 3  global"])
+        capacities, global_names, host_names = parse_resources(["staging: 1 global", "gpu: 2", "lab : 3  global"])
         assert capacities == {"staging": 1, "gpu": 2, "lab": 3}
         assert global_names == {"staging", "lab"}
+        assert host_names == set()
+
+    def test_host(self) -> None:
+        lines = ["postgres: 1 host", "gpu: 2 host global", "lab: 1 global host", "cache: 1"]
+        capacities, global_names, host_names = parse_resources(lines)
+        assert capacities == {"postgres": 1, "gpu": 2, "lab": 1, "cache": 1}
+        assert global_names == {"gpu", "lab"}
+        assert host_names == {"postgres", "gpu", "lab"}
 
     def test_twice(self) -> None:
         with pytest.raises(ResourceError, match="'gpu' is declared twice"):

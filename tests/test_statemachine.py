@@ -601,3 +601,75 @@ def test_a_task_given_back_by_a_dying_worker_is_ready_again_as_requeued() -> Non
     assert states[:2] == [(1.5, "started", "gw0", ""), (1.7, "ready", "gw0", "requeued")]
     assert [state for _, state, _, _ in states[2:]] == ["started", "finished"]
     assert states[-1][3] == "completed"
+
+
+class Calls:
+    """A spawner that only records which task each worker was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int | None]] = []
+
+    def start_worker(self, worker: str) -> None:
+        pass
+
+    def send_next(self, worker: str, task: Task | None, keep_fixtures: bool, final: bool) -> None:
+        self.sent.append((worker, None if task is None else task.id))
+
+    def send_ahead(self, worker: str, tasks: object) -> None:
+        raise AssertionError("nothing is sent ahead here")
+
+    def kill_worker(self, worker: str) -> None:
+        pass
+
+    def stop_worker(self, worker: str) -> None:
+        pass
+
+
+def test_a_task_handed_back_for_a_host_lock_waits_keeps_its_claim_and_is_tried_again_later() -> None:
+    """t0 and t1 need "postgres" exclusively, t2 is free.  gw0's
+    worker finds postgres held by another run and hands t0 back: t0 waits
+    (it is not sent again before its retry time, which doubles up to a
+    quarter second), t1 may not pass it, gw0 takes other work."""
+    tasks = [
+        Task(0, "t0", needs(Request("postgres", EX)), estimate=3.0),
+        Task(1, "t1", needs(Request("postgres", EX)), estimate=2.0),
+        Task(2, "t2", needs(), estimate=1.0),
+    ]
+    calls, recorder = Calls(), Recorder()
+    sm = StateMachine(tasks, LockTable(), calls, ["gw0", "gw1"], observer=recorder)
+    sm.step(0.0)
+    sm.worker_ready("gw0", 0.0)
+    sm.worker_ready("gw1", 0.0)
+    assert calls.sent == [("gw0", 0), ("gw1", 2)]
+    sm.hand_back("gw0", 0, "postgres", 0.1)
+    assert sm.phase("gw0") is WorkerPhase.IDLE
+    assert sm.table.is_empty() is False  # t2 still holds its (empty) grant
+    assert sm.table.grant_of(0) is None
+    assert calls.sent == [("gw0", 0), ("gw1", 2)]  # t1 does not pass t0's claim
+    assert sm.next_deadline() == pytest.approx(0.12)
+    sm.tick(0.11)
+    assert calls.sent[-1] == ("gw1", 2)
+    retries = []
+    now = sm.next_deadline()
+    for _ in range(6):
+        sm.tick(now)
+        assert calls.sent[-1] == ("gw0", 0)
+        sm.hand_back("gw0", 0, "postgres", now)
+        deadline = sm.next_deadline()
+        assert deadline is not None
+        retries.append(round(deadline - now, 3))
+        now = deadline
+    assert retries == [0.04, 0.08, 0.16, 0.25, 0.25, 0.25]
+    sm.tick(now)
+    assert calls.sent[-1] == ("gw0", 0)
+    sm.reached_teardown("gw0", 0, now + 1)
+    assert calls.sent[-1] == ("gw0", 1)  # t1 once t0 is done: handed over
+    sm.task_done("gw0", 0, now + 1)
+    ready = [(e.time, e.cause, e.resource) for e in recorder.tasks if e.task_id == 0 and e.state is TaskState.READY]
+    assert ready[0] == (0.0, None, None)
+    assert ready[1] == (0.1, "host busy", "postgres")
+    assert len(ready) == 8
+    waits = {(e.task_id, e.blocker) for e in recorder.waits}
+    assert (0, Blocker("postgres", -1, other_run=True)) in waits
+    assert (1, Blocker("postgres", 0, claim=True)) in waits
+    assert Blocker("postgres", -1, other_run=True).describe() == "'postgres' held by another run"
