@@ -125,7 +125,9 @@ def _safe(name: str) -> str:
 
 
 def _read_write(directory: Path, name: str, kind: str) -> filelock.ReadWriteLock:
-    return filelock.ReadWriteLock(directory / f"{_safe(name)}.{kind}.db", blocking=False)
+    # an instance (an SQLite connection) of its own: two holds in one process
+    # (a controller's intent and its capacity, inline test runs) stay apart
+    return filelock.ReadWriteLock(directory / f"{_safe(name)}.{kind}.db", blocking=False, is_singleton=False)
 
 
 def _exclusive(path: Path) -> filelock.UnixFileLock:

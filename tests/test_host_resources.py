@@ -455,3 +455,29 @@ def _run_alone(runs: Runs, name: str, *args: str) -> tuple[int, str]:
         check=False,
     )
     return done.returncode, done.stdout + done.stderr
+
+
+def test_an_in_process_run_honours_host_locks_and_says_when_it_waits(tmp_path: Path) -> None:
+    """Without -n a run takes its tests' host locks itself, waiting while
+    another run holds one (and saying so after a second)."""
+    runs = Runs(tmp_path)
+    one = suite(HOST_LINES, 0, 0, 0, 0)
+    one["test_suite.py"] = KILLED_SUITE.replace("range(1500)", "range(100)")  # holds postgres for 2 s
+    runs.write("one", one)
+    runs.write("two", suite(HOST_LINES, postgres=2, readers=2, writers=1, free=2))
+    runs.start(["one"], "-n", "2", f"--lock-dir={tmp_path / 'locks'}")
+    deadline = time.monotonic() + 60
+    while not any(r["run"] == "one" and r["ev"] == "tick" for r in runs.records()):
+        assert time.monotonic() < deadline, runs.records()
+        time.sleep(0.05)
+    runs.start(["two"], "-v", f"--lock-dir={tmp_path / 'locks'}", "-k", "postgres")
+    code, output = runs.finish("two")
+    assert code == 0, output
+    assert "waits for host lock 'postgres', held by another run" in output
+    assert waited(output) > 0
+    assert "test_postgres[0]: waited" in output
+    assert runs.finish("one")[0] == 0
+    spans = runs.spans()
+    assert conflicts(spans) == []
+    held = next(s for s in spans if s.run == "one" and s.resources)
+    assert all(s.start >= held.end for s in spans if s.run == "two" and s.resources)
