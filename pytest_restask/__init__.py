@@ -15,5 +15,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .declarations import requires
+from .once import once
 
-__all__ = ["requires"]
+__all__ = ["once", "requires"]

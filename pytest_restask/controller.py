@@ -36,7 +36,7 @@ import pytest
 
 from . import heap
 from .compat import CrashScheduler, WorkerNode
-from .declarations import declaration_error, declaration_of
+from .declarations import declaration_error, declaration_of, once_definitions
 from .durations import Durations
 from .events import Observer, Observers
 from .hostlocks import WAITED_WORD, HostWaits, WriterIntents, waits_line
@@ -51,6 +51,8 @@ from .messages import (
     HandBack,
     Interrupted,
     Missing,
+    OnceEnded,
+    OnceOutcome,
     Ready,
     Report,
     Setup,
@@ -61,10 +63,11 @@ from .messages import (
     finished_at,
     plain_dict,
 )
+from .once import SETUP, VALUE
 from .resources import LockTable
 from .settings import Settings
 from .spawner import STOP_GRACE, Event, ExecnetSpawner
-from .statemachine import Reason, StateMachine, Task
+from .statemachine import OnceState, Reason, StateMachine, Task
 from .taskstate import Outcomes, TaskStateHook, has_listeners
 
 __all__ = ["Controller"]
@@ -163,6 +166,8 @@ class Controller:
         #: Waits for host locks that other runs held (with host-wide resources).
         self._host_waits: HostWaits | None = None
         self._intents: WriterIntents | None = None
+        #: The last outcome of each ``@once`` fixture's setup: (generation, kind, value or message).
+        self._once_outcomes: dict[str, tuple[int, str, Any]] = {}
         #: The task whose report is being replayed (for its wait in -v).
         self._replaying_task: int | None = None
 
@@ -184,7 +189,7 @@ class Controller:
             return
         self._workercount = min(self._settings.workers, _remembered_runnable(self._config))
         if self._workercount:
-            self._spawner = ExecnetSpawner(self._setup_for, self._locate)
+            self._spawner = ExecnetSpawner(self._setup_for, self._locate, once_for=self._once_for)
             self._spawner.start_early(_worker_name(i) for i in range(self._workercount))
 
     @pytest.hookimpl(tryfirst=True)
@@ -241,7 +246,7 @@ class Controller:
             self._spawner, self._workercount = None, 0
         # workers started early stay: a few idle ones cost less than a restart
         self._workercount = max(self._workercount, min(self._settings.workers, runnable))
-        spawner = self._spawner or ExecnetSpawner(self._setup_for, self._locate)
+        spawner = self._spawner or ExecnetSpawner(self._setup_for, self._locate, once_for=self._once_for)
         self._spawner = None  # the loop owns it now, and ends it
         spawner.collected(self._digest)
         machine = StateMachine(
@@ -256,6 +261,7 @@ class Controller:
                 self._settings.failfast or self._config.option.maxfail or self._config.getoption("stepwise", False)
             ),
             observer=self._observer(tasks),
+            once={key: once.requirement for key, once in once_definitions(self._config).items()},
         )
         self._session = session
         completed = False
@@ -415,6 +421,14 @@ class Controller:
                 self._task_done(worker, task_id, reports, machine)
         elif isinstance(message, WarningRecorded):
             self._replay_warning(message)
+        elif isinstance(message, OnceOutcome):
+            self._once_outcomes[message.key] = (message.generation, message.kind, message.payload)
+            if message.kind == VALUE:
+                machine.once_ready(message.key, message.generation, now)
+            else:
+                machine.once_failed(message.key, message.generation, now)
+        elif isinstance(message, OnceEnded):
+            machine.once_ended(worker, message.key, now)
         elif isinstance(message, HandBack):
             machine.hand_back(worker, message.task_id, message.resource, now)
         elif isinstance(message, Missing):
@@ -609,7 +623,29 @@ class Controller:
         if error is not None:
             return Task(index, item.nodeid, error=error)
         declaration = declaration_of(item)
-        return Task(index, item.nodeid, declaration.requirement, timeout=declaration.timeout, estimate=estimate)
+        return Task(
+            index,
+            item.nodeid,
+            declaration.requirement,
+            timeout=declaration.timeout,
+            estimate=estimate,
+            once=declaration.once,
+        )
+
+    def _once_for(self, worker: str, task: Task) -> dict[str, list[Any]]:
+        """Say what ``worker`` does with each ``@once`` fixture of ``task``
+        (see :mod:`.once`): set it up, take its value, or fail."""
+        machine = self._machine
+        assert machine is not None
+        told: dict[str, list[Any]] = {}
+        for key in task.once:
+            fixture = machine.once[key]
+            if fixture.state is OnceState.SETTING and fixture.setter == task.id:
+                told[key] = [SETUP, fixture.generation, None]
+            elif fixture.state in (OnceState.READY, OnceState.FAILED):
+                generation, kind, payload = self._once_outcomes[key]
+                told[key] = [kind, generation, payload]
+        return told
 
     def _locate(self, task: Task) -> tuple[str, int]:
         return self._items[task.id].nodeid, self._occurrence[task.id]

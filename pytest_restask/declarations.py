@@ -72,6 +72,37 @@ class Declaration:
     requirement: Requirement
     #: Seconds from ``@pytest.mark.timeout`` (0: no limit), or None without one.
     timeout: float | None = None
+    #: The ``@once`` fixtures it uses (see :mod:`.once`), by key.
+    once: tuple[str, ...] = ()
+
+
+#: Where ``@once`` marks its fixture's function: the fixture's key, the same
+#: in every process (module and qualified name of the decorated function).
+ONCE_ATTRIBUTE: Final = "_restask_once"
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class OnceDefinition:
+    """An ``@once`` fixture as the scheduler sees it: its name, and what its
+    setup and teardown need (a hold of their own, not the tests')."""
+
+    name: str
+    requirement: Requirement
+
+
+def once_key(fixturedef: pytest.FixtureDef[Any]) -> str | None:
+    """Return the key of an ``@once`` fixture, or None for any other."""
+    key = getattr(fixturedef.func, ONCE_ATTRIBUTE, None)
+    return key if isinstance(key, str) else None
+
+
+_ONCE_KEY: Final = pytest.StashKey[dict[str, OnceDefinition]]()
+
+
+def once_definitions(config: pytest.Config) -> Mapping[str, OnceDefinition]:
+    """Return the ``@once`` fixtures the collected tests use, by key."""
+    return config.stash.get(_ONCE_KEY, {})
 
 
 #: Where :func:`requires` keeps its declarations: on the fixture's own
@@ -141,8 +172,17 @@ _FIXTURE_REQUESTS_KEY: Final = pytest.StashKey[dict[object, "tuple[Request, ...]
 
 
 def fixture_requests(fixturedef: pytest.FixtureDef[Any], config: pytest.Config) -> tuple[Request, ...]:
-    """Return what a fixture definition needs (:func:`requires` and
-    ``restask_fixtures``); raise :class:`ResourceError` for a bad :func:`requires`."""
+    """Return what a fixture definition needs of the tests that use it
+    (:func:`requires` and ``restask_fixtures``); raise :class:`ResourceError`
+    for a bad :func:`requires`.  Nothing for an ``@once`` fixture: its setup
+    and teardown hold what it needs by themselves (see :mod:`.once`)."""
+    if once_key(fixturedef) is not None:
+        return ()
+    return declared_requests(fixturedef, config)
+
+
+def declared_requests(fixturedef: pytest.FixtureDef[Any], config: pytest.Config) -> tuple[Request, ...]:
+    """Return what a fixture definition declares it needs; raise :class:`ResourceError`."""
     known = config.stash.setdefault(_FIXTURE_REQUESTS_KEY, {})
     found = known.get(fixturedef)
     if found is None:
@@ -197,6 +237,8 @@ class _Closure:
     requests: tuple[Request, ...] = ()
     #: (fixture name, message) of the first fixture whose declaration is bad.
     error: tuple[str, str] | None = None
+    #: The keys of the ``@once`` fixtures in the closure.
+    once: tuple[str, ...] = ()
 
 
 #: Closures by id: the parametrizations of one test function share one
@@ -220,26 +262,33 @@ def _takes_nodeid(manager: Any) -> bool:
     return "nodeid" in inspect.signature(manager.getfixturedefs).parameters
 
 
-def _fixture_requests_of(item: pytest.Item) -> tuple[Request, ...]:
-    """Return the requests of the fixtures that apply to a test; raise
+def _fixture_closure(item: pytest.Item) -> _Closure:
+    """Return what the fixtures that apply to a test request, and its
+    ``@once`` fixtures (noted in the config's table of them); raise
     :class:`ResourceError` naming the first fixture with a bad declaration."""
     info = getattr(item, "_fixtureinfo", None)
     closures = item.config.stash.setdefault(_CLOSURES_KEY, {})
     closure = closures.get(id(info))
     if closure is None or closure.info is not info:
         requests: list[Request] = []
+        once: list[str] = []
         error = None
         for fixturedef in applying_fixtures(item):
             try:
                 requests.extend(fixture_requests(fixturedef, item.config))
+                key = once_key(fixturedef)
+                if key is not None:
+                    needs = merge_requests(declared_requests(fixturedef, item.config))
+                    item.config.stash.setdefault(_ONCE_KEY, {})[key] = OnceDefinition(fixturedef.argname, needs)
+                    once.append(key)
             except ResourceError as e:
                 error = (fixturedef.argname, str(e))
                 break
-        closure = closures[id(info)] = _Closure(info, tuple(requests), error)
+        closure = closures[id(info)] = _Closure(info, tuple(requests), error, tuple(once))
     if closure.error is not None:
         name, message = closure.error
         raise ResourceError(INVALID_ON_FIXTURE.format(fixture=name, nodeid=item.nodeid, error=message))
-    return closure.requests
+    return closure
 
 
 def declaration_of(item: pytest.Item) -> Declaration:
@@ -260,28 +309,29 @@ def declaration_of(item: pytest.Item) -> Declaration:
             cached = f"invalid resource declaration on {item.nodeid}: {e}"
         else:
             try:
-                requests.extend(_fixture_requests_of(item))
+                closure = _fixture_closure(item)
             except ResourceError as e:
                 cached = str(e)
             else:
-                cached = _with_timeout(item, merge_requests(requests, serial))
+                requests.extend(closure.requests)
+                cached = _with_timeout(item, merge_requests(requests, serial), closure.once)
         item.stash[_DECLARATION_KEY] = cached
     if isinstance(cached, str):
         raise ResourceError(cached)
     return cached
 
 
-def _with_timeout(item: pytest.Item, requirement: Requirement) -> Declaration | str:
+def _with_timeout(item: pytest.Item, requirement: Requirement, once: tuple[str, ...]) -> Declaration | str:
     mark = item.get_closest_marker("timeout")
     if mark is None:
-        return Declaration(requirement)
+        return Declaration(requirement, once=once)
     try:
         seconds = parse_timeout_marker(mark.args, mark.kwargs)
     except ResourceError as e:
         return f"invalid timeout marker on {item.nodeid}: {e}"
     if seconds and item.config.pluginmanager.has_plugin("timeout"):
         seconds += TIMEOUT_MARGIN
-    return Declaration(requirement, seconds)
+    return Declaration(requirement, seconds, once)
 
 
 def parse_timeout_marker(args: Sequence[object], kwargs: Mapping[str, object]) -> float:

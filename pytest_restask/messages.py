@@ -36,11 +36,15 @@ __all__ = [
     "Collected",
     "Done",
     "Dones",
+    "EndOnce",
     "Finished",
+    "HandBack",
     "Interrupted",
     "Message",
     "Missing",
     "Next",
+    "OnceEnded",
+    "OnceOutcome",
     "ProtocolError",
     "Ready",
     "Report",
@@ -56,6 +60,7 @@ __all__ = [
     "plain",
     "plain_dict",
     "to_wire",
+    "uncarried",
 ]
 
 #: The key in ``config.workerinput`` that marks a restask worker (its value: :data:`PROTOCOL_VERSION`).
@@ -80,7 +85,7 @@ ITEM_FIELDS: Final = ("nodeid", "location", "keywords")
 JOURNAL_TEARDOWN: Final = "teardown"
 JOURNAL_DONE: Final = "done"
 #: Bumped whenever a message changes shape.
-PROTOCOL_VERSION: Final = 11
+PROTOCOL_VERSION: Final = 12
 
 Wire: TypeAlias = tuple[str, dict[str, Any]]
 #: A phase that passed with no output, properties or extra attributes:
@@ -161,6 +166,20 @@ class Next(Message):
     #: :func:`~.resources.grant_to_wire`): fixtures that need resources are checked
     #: against it, and live on into the task only where it keeps their hold.
     requests: list[tuple[str, int, int]] = dataclasses.field(default_factory=list)
+    #: What to do with each ``@once`` fixture the task uses, by key:
+    #: ``[kind, generation, payload]`` (see :mod:`.once`).
+    once: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class EndOnce(Message):
+    """Tear down an ``@once`` fixture set up here: the last test that uses
+    it has finished (sent only to an idle worker, inside a hold of what the
+    fixture needs)."""
+
+    name: ClassVar[str] = "end_once"
+    key: str
 
 
 @final
@@ -289,6 +308,29 @@ class Missing(Message):
 
 @final
 @dataclasses.dataclass(frozen=True, slots=True)
+class OnceOutcome(Message):
+    """An ``@once`` fixture was set up here: its value, or why it failed."""
+
+    name: ClassVar[str] = "once_outcome"
+    #: "value" or "failed" (then ``payload`` is the message the other tests show).
+    kind: str
+    key: str
+    generation: int
+    payload: Any
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
+class OnceEnded(Message):
+    """The teardown of an ``@once`` fixture asked for by :class:`EndOnce` ran
+    (its error, if any, came before as a report of the last test run here)."""
+
+    name: ClassVar[str] = "once_ended"
+    key: str
+
+
+@final
+@dataclasses.dataclass(frozen=True, slots=True)
 class HandBack(Message):
     """The worker could not take a host-wide lock of the task (another run
     holds ``resource``): it ran nothing for it and holds none of its locks."""
@@ -357,6 +399,9 @@ _MESSAGES: Final[dict[str, type[Message]]] = {
         Dones,
         Missing,
         HandBack,
+        EndOnce,
+        OnceOutcome,
+        OnceEnded,
         WorkerFailed,
         Finished,
         Interrupted,
@@ -447,6 +492,31 @@ def collection_digest(nodeids: Iterable[str]) -> str:
         digest.update(nodeid.encode("utf-8", "surrogatepass"))
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+#: What execnet carries between processes (sets and frozensets too).
+_CARRIED: Final = (type(None), bool, int, float, complex, str, bytes)
+
+
+def uncarried(value: object, depth: int = 0) -> str | None:
+    """Return what in ``value`` execnet cannot carry (None when it all can)."""
+    if depth > 100:
+        return "it is nested too deeply"
+    if type(value) in _CARRIED:
+        return None
+    if type(value) in (list, tuple, set, frozenset):
+        for element in value:  # type: ignore[attr-defined]
+            found = uncarried(element, depth + 1)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, dict) and type(value) is dict:
+        for key, element in value.items():
+            found = uncarried(key, depth + 1) or uncarried(element, depth + 1)
+            if found is not None:
+                return found
+        return None
+    return f"it holds a {type(value).__module__}.{type(value).__qualname__}"
 
 
 def plain_dict(value: dict[str, Any]) -> dict[str, Any]:

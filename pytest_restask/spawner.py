@@ -38,7 +38,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, final
+from typing import Any, Final, final
 
 import execnet
 
@@ -51,6 +51,7 @@ from .messages import (
     Collected,
     Done,
     Dones,
+    EndOnce,
     Message,
     Next,
     Ready,
@@ -144,11 +145,14 @@ class ExecnetSpawner:
         locate: Callable[[Task], tuple[str, int]],
         python: str | None = None,
         boot_slots: int | None = None,
+        once_for: Callable[[str, Task], dict[str, list[Any]]] | None = None,
     ) -> None:
         #: Makes the first message for a worker by name.
         self._setup_for = setup_for
         #: How a task names its item to a worker: (node id, occurrence).
         self._locate = locate
+        #: What a worker does with the ``@once`` fixtures of a task (see :mod:`.once`).
+        self._once_for = once_for
         self._python = python or sys.executable
         #: Every worker event, in arrival order.
         self.events: queue.Queue[Event] = queue.Queue()
@@ -198,8 +202,12 @@ class ExecnetSpawner:
         else:
             slots = {} if task.grant is None else {k: list(v) for k, v in task.grant.slots.items()}
             nodeid, occurrence = self._locate(task)
-            message = Next(task.id, nodeid, occurrence, slots, keep_fixtures, final, grant_to_wire(task.grant))
+            once = self._once_for(worker, task) if task.once and self._once_for is not None else {}
+            message = Next(task.id, nodeid, occurrence, slots, keep_fixtures, final, grant_to_wire(task.grant), once)
         self._send(worker, message)
+
+    def end_once(self, worker: str, key: str) -> None:
+        self._send(worker, EndOnce(key))
 
     def send_ahead(self, worker: str, tasks: Sequence[Task]) -> None:
         self._send(worker, Ahead([(task.id, *self._locate(task)) for task in tasks]))

@@ -42,10 +42,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 import heapq
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, final
 
@@ -62,7 +63,7 @@ from .events import (
     WorkerChanged,
     WorkerPhase,
 )
-from .resources import FREE, Grant, LockTable, Mode, Request, Requirement
+from .resources import FREE, Grant, LockTable, Mode, Request, Requirement, merge_requests
 
 __all__ = ["Reason", "Spawner", "StateMachine", "Task", "TaskState", "WorkerPhase"]
 
@@ -103,6 +104,8 @@ class Task:
     not_before: float = 0.0
     #: How many times it was handed back.
     bounces: int = 0
+    #: The keys of the ``@once`` fixtures it uses (see :class:`OnceFixture`).
+    once: tuple[str, ...] = ()
 
 
 class Spawner(Protocol):
@@ -125,6 +128,10 @@ class Spawner(Protocol):
 
     def kill_worker(self, worker: str) -> None:
         """End a worker at once; ``worker_died`` follows."""
+
+    def end_once(self, worker: str, key: str) -> None:
+        """Tell a worker to tear down the ``@once`` fixture it set up, before
+        its next task; ``once_ended`` follows."""
 
     def stop_worker(self, worker: str) -> None:
         """Shut an idle worker down cleanly at the end of the run."""
@@ -160,6 +167,38 @@ class _Queues:
     ready: list[Task] = field(default_factory=list)
     started: dict[int, Task] = field(default_factory=dict)
     finished: list[Task] = field(default_factory=list)
+
+
+@final
+class OnceState(enum.Enum):
+    """Where an ``@once`` fixture is in the run (see :class:`OnceFixture`)."""
+
+    NONE = "not set up"
+    SETTING = "being set up"
+    READY = "set up"
+    FAILED = "failed to set up"
+    ENDING = "being torn down"
+    ENDED = "torn down"
+
+
+@dataclass(slots=True)
+class OnceFixture:
+    """An ``@once`` fixture: set up once for the run by the first task that
+    needs it (its *setter*, on its *owner* worker), which holds what the
+    fixture needs besides its own needs; the other tasks that need it wait
+    until the owner reports the value (or the failure); torn down on the
+    owner, in a hold of its own, once the last task that uses it finished.
+    If the owner dies while tasks still need it, it is set up again
+    elsewhere: a new ``generation``."""
+
+    key: str
+    requirement: Requirement = FREE
+    state: OnceState = OnceState.NONE
+    owner: str | None = None
+    setter: int | None = None
+    generation: int = 0
+    #: Tasks that use it and are not finished.
+    left: int = 0
 
 
 def _claim_blocks(claim: Requirement, requirement: Requirement) -> bool:
@@ -276,6 +315,7 @@ class StateMachine:
         max_restarts: int = 0,
         prefetch: bool = False,
         observer: Observer | None = None,
+        once: Mapping[str, Requirement] | None = None,
     ) -> None:
         #: The queues; each task is in exactly one of them.
         self.queues = _Queues(requested=list(tasks))
@@ -312,6 +352,12 @@ class StateMachine:
         self._ready_in: collections.Counter[str] = collections.Counter()
         #: When tasks handed back may be tried again (a heap of times).
         self._wakeups: list[float] = []
+        #: The ``@once`` fixtures by key, and those whose teardown is due.
+        self.once = {key: OnceFixture(key, requirement) for key, requirement in (once or {}).items()}
+        for task in self.queues.requested:
+            for key in task.once:
+                self.once[key].left += 1
+        self._once_due: list[str] = []
 
     # -- queries -------------------------------------------------------------
 
@@ -319,7 +365,9 @@ class StateMachine:
     def done(self) -> bool:
         """Return whether every task is finished."""
         q = self.queues
-        return not (q.requested or q.triaging or q.ready or q.started)
+        if q.requested or q.triaging or q.ready or q.started or self._once_due:
+            return False
+        return not any(fixture.state is OnceState.ENDING for fixture in self.once.values())
 
     @property
     def finished(self) -> list[Task]:
@@ -401,7 +449,10 @@ class StateMachine:
         self._ready_in.update(_module(task) for task in runnable)
 
     def start(self, now: float) -> None:
-        """Give every idle worker the next task that can be granted."""
+        """Give every idle worker the next task that can be granted (an owner
+        whose ``@once`` teardown is due: that teardown first)."""
+        if self._once_due:
+            self._end_once(now)
         for worker in self._workers.values():
             if worker.phase is not WorkerPhase.IDLE:
                 continue
@@ -517,6 +568,8 @@ class StateMachine:
         state.running = state.kill_reason = None
         state.told_nothing = False
         self._set_phase(state, WorkerPhase.GONE, now)
+        if self.once:
+            self._lose_once(worker)
         if self.done or self.aborted is not None:
             self._tell_lost(lost, "")
             return
@@ -590,6 +643,7 @@ class StateMachine:
         assert task.id == task_id, (worker, task_id)
         self.table.release(task.id)
         del self.queues.started[task.id]
+        self._unset(task)
         task.host_busy = resource
         task.not_before = now + min(HOST_RETRY_MAX, HOST_RETRY_FIRST * 2**task.bounces)
         task.bounces += 1
@@ -610,6 +664,81 @@ class StateMachine:
         if self.aborted is not None:
             self.abort_queue(self.queues.ready, *self.aborted, now)
         self.start(now)
+
+    def once_ready(self, key: str, generation: int, now: float) -> None:
+        """The owner of an ``@once`` fixture set it up: the tasks waiting for it may start."""
+        fixture = self.once[key]
+        if fixture.generation == generation and fixture.state is OnceState.SETTING:
+            fixture.state = OnceState.READY
+            if fixture.left == 0:
+                self._once_due.append(key)
+            self.start(now)
+
+    def once_failed(self, key: str, generation: int, now: float) -> None:
+        """The setup of an ``@once`` fixture failed: the tasks that need it
+        run and error (it is not tried again); there is nothing to tear down."""
+        fixture = self.once[key]
+        if fixture.generation == generation and fixture.state is OnceState.SETTING:
+            fixture.state = OnceState.FAILED
+            self.start(now)
+
+    def once_ended(self, worker: str, key: str, now: float) -> None:
+        """The owner finished an ``@once`` fixture's teardown."""
+        fixture = self.once[key]
+        state = self._workers[worker]
+        self.table.release(("once", key))
+        fixture.state = OnceState.ENDED
+        if state.phase is WorkerPhase.BUSY and state.running is None:
+            self._set_phase(state, WorkerPhase.IDLE, now)
+        self.start(now)
+
+    def _end_once(self, now: float) -> None:
+        """Tear down the ``@once`` fixtures whose last task finished, each on
+        its owner: one that needs nothing between the owner's tests (the
+        owner reads the message before its next task), one that needs
+        resources once the owner is idle and they can be granted (a hold of
+        its own)."""
+        due, self._once_due = self._once_due, []
+        for key in due:
+            fixture = self.once[key]
+            owner = None if fixture.owner is None else self._workers[fixture.owner]
+            if owner is None or owner.phase is WorkerPhase.GONE:
+                continue  # it ended with its worker (see _lose_once)
+            needs = fixture.requirement
+            if needs.is_free and owner.phase in (WorkerPhase.IDLE, WorkerPhase.BUSY):
+                fixture.state = OnceState.ENDING
+                self._spawner.end_once(owner.name, key)
+                continue
+            if owner.phase is not WorkerPhase.IDLE or not self.table.can_grant(needs):
+                self._once_due.append(key)
+                continue
+            self.table.grant(("once", key), needs)
+            fixture.state = OnceState.ENDING
+            self._set_phase(owner, WorkerPhase.BUSY, now)
+            self._spawner.end_once(owner.name, key)
+
+    def _lose_once(self, worker: str) -> None:
+        """A worker died: the ``@once`` fixtures it set up are gone with it."""
+        for fixture in self.once.values():
+            if fixture.owner != worker or fixture.state not in (OnceState.READY, OnceState.ENDING):
+                continue
+            name = fixture.key.rpartition(":")[2]
+            if fixture.state is OnceState.ENDING:
+                self.table.release(("once", fixture.key))
+            if fixture.left > 0:
+                fixture.state, fixture.owner, fixture.setter = OnceState.NONE, None, None
+                fixture.generation += 1
+                self.lost_outside_tests.append(
+                    f"@once fixture {name!r}: worker {worker}, where it was set up, ended; "
+                    f"it is set up again for the {fixture.left} test(s) still to come"
+                )
+            else:
+                fixture.state = OnceState.ENDED
+                if fixture.key in self._once_due:
+                    self._once_due.remove(fixture.key)
+                self.lost_outside_tests.append(
+                    f"@once fixture {name!r}: worker {worker}, where it was set up, ended before its teardown ran"
+                )
 
     def overdue(self, now: float) -> list[str]:
         """Return the workers whose task has run past its time limit."""
@@ -740,6 +869,15 @@ class StateMachine:
                 if self._observer is not None:
                     self._tell_waiting(task, _claim_blocker(claim, requirement), now)
                 continue
+            if task.once:
+                setting = next((f for k in task.once if (f := self.once[k]).state is OnceState.SETTING), None)
+                if setting is not None:  # its setup runs on another worker: the value comes soon
+                    if self._observer is not None:
+                        self._tell_waiting(
+                            task, Blocker(f"@once {setting.key}", -1 if setting.setter is None else setting.setter), now
+                        )
+                    continue
+                requirement = self._needs(task)
             if task.not_before > now:  # handed back: another run holds a host lock
                 if self._observer is not None:
                     self._tell_waiting(task, Blocker(task.host_busy, -1, other_run=True), now)
@@ -773,8 +911,22 @@ class StateMachine:
         self._ready_in[_module(task)] -= 1
         return task
 
+    def _needs(self, task: Task) -> Requirement:
+        """Return what a task holds while it runs: its own needs, and those
+        of the ``@once`` fixtures it will set up (not of those set up already)."""
+        setting = [self.once[key].requirement for key in task.once if self.once[key].state is OnceState.NONE]
+        if not any(r.requests or r.serial for r in setting):
+            return task.requirement
+        requests = [*task.requirement.requests, *(r for need in setting for r in need.requests)]
+        return merge_requests(requests, task.requirement.serial or any(need.serial for need in setting))
+
     def _dispatch(self, task: Task, worker: _Worker, now: float, replacing: Task | None) -> Grant:
-        task.grant = self.table.grant(task.id, task.requirement, None if replacing is None else replacing.id)
+        requirement = self._needs(task) if task.once else task.requirement
+        for key in task.once:
+            fixture = self.once[key]
+            if fixture.state is OnceState.NONE:
+                fixture.state, fixture.owner, fixture.setter = OnceState.SETTING, worker.name, task.id
+        task.grant = self.table.grant(task.id, requirement, None if replacing is None else replacing.id)
         task.worker = worker.name
         self.queues.started[task.id] = task
         if self._observer is not None:
@@ -791,6 +943,7 @@ class StateMachine:
         (or finish it, when the run was aborted meanwhile)."""
         self.table.release(task.id)
         del self.queues.started[task.id]
+        self._unset(task)
         self._tell(task, TaskState.READY, now, cause=REQUEUED)  # with the worker that gave it back
         task.worker = task.grant = task.started_at = None
         self.queues.ready.insert(0, task)
@@ -798,9 +951,23 @@ class StateMachine:
         if self.aborted is not None:
             self.abort_queue(self.queues.ready, *self.aborted, now)
 
+    def _unset(self, task: Task) -> None:
+        """A task that was to set up ``@once`` fixtures did not: the next one will."""
+        for key in task.once:
+            fixture = self.once[key]
+            if fixture.state is OnceState.SETTING and fixture.setter == task.id:
+                fixture.state, fixture.owner, fixture.setter = OnceState.NONE, None, None
+
     def _finish(self, task: Task, now: float, reason: Reason, detail: str) -> None:
         self.table.release(task.id)
         self.queues.started.pop(task.id, None)
+        if task.once:
+            self._unset(task)
+            for key in task.once:
+                fixture = self.once[key]
+                fixture.left -= 1
+                if fixture.left == 0 and fixture.state is OnceState.READY:
+                    self._once_due.append(key)
         task.finished_at = now
         task.reason = reason
         task.detail = detail
@@ -864,7 +1031,7 @@ def _claim_blocker(claim: Task, requirement: Requirement) -> Blocker:
 
 def _short_and_free(task: Task) -> bool:
     """Return whether a task may be sent ahead (see ``_send_ahead``)."""
-    return task.requirement.is_free and task.estimate <= SHORT
+    return task.requirement.is_free and task.estimate <= SHORT and not task.once
 
 
 def _enqueue(worker: _Worker, task: Task) -> None:

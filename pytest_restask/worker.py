@@ -85,12 +85,15 @@ from pytest_restask.messages import (
     Collected,
     Done,
     Dones,
+    EndOnce,
     Finished,
     HandBack,
     Interrupted,
     Message,
     Missing,
     Next,
+    OnceEnded,
+    OnceOutcome,
     ProtocolError,
     Ready,
     Report,
@@ -105,7 +108,9 @@ from pytest_restask.messages import (
     plain,
     plain_dict,
     to_wire,
+    uncarried,
 )
+from pytest_restask.once import OnceRunner
 from pytest_restask.resources import Grant, grant_from_wire
 from pytest_restask.settings import settings_of
 
@@ -182,6 +187,10 @@ class WorkerSession:
         #: The host locks of the task that follows, tried when its predecessor
         #: reached teardown: (task id, what was taken or found busy).
         self._taken: tuple[int, Taken] | None = None
+        #: This worker's side of ``@once`` fixtures (see :mod:`.once`), and
+        #: the teardowns asked for during a test, to run after it.
+        self._once = OnceRunner(self._tell_once, uncarried)
+        self._once_due: list[str] = []
 
     @property
     def started(self) -> bool:
@@ -259,7 +268,13 @@ class WorkerSession:
         self._config = early_config
         self._holds = Holds(early_config)
         early_config.pluginmanager.register(self._holds, "restask.holds")
-        return (yield)
+        early_config.pluginmanager.register(self._once, "restask.once")
+        self._once.install()
+        try:
+            return (yield)
+        except BaseException:
+            self._once.uninstall()
+            raise
 
     @pytest.hookimpl(wrapper=True)
     def pytest_unconfigure(self, config: pytest.Config) -> Generator[None, None, None]:
@@ -318,18 +333,55 @@ class WorkerSession:
         # only a differing collection is sent whole: the controller names the difference
         same = not self._collection or collection_digest(nodeids) == self._collection
         self.send(Ready(os.getpid(), len(session.items), [] if same else nodeids))
-        message = self.receive()
+        message = self._receive_work()
         while isinstance(message, Next) and message.task_id is not None:
             self._run(message)
-            message = self._next if self._next is not None and self._next.task_id is not None else self.receive()
+            message = self._next if self._next is not None and self._next.task_id is not None else self._receive_work()
         if not isinstance(message, (Shutdown, Next)):
             raise ProtocolError(f"unexpected message {message.name!r} while idle")
         if self._last is not None:
             self._end_session_fixtures(*self._last)
         if self._host is not None:
             self._host.release_all()
+        self._once.uninstall()
         self.flush()
         return True
+
+    def _receive_work(self) -> Message:
+        """Receive what an idle worker is sent: tear down each ``@once``
+        fixture the controller ends, and return the next other message."""
+        self._end_once_due()
+        message = self.receive()
+        while isinstance(message, EndOnce):
+            self._end_once(message.key)
+            message = self.receive()
+        return message
+
+    def _answer(self, message: Message | None, wait: bool) -> Message | None:
+        """Return the answer to a teardown's question: an ``@once`` teardown
+        that comes first waits until this test is done (between tests)."""
+        while isinstance(message, EndOnce):
+            self._once_due.append(message.key)
+            message = self.receive() if wait else self.poll()
+        return message
+
+    def _end_once_due(self) -> None:
+        due, self._once_due = self._once_due, []
+        for key in due:
+            self._end_once(key)
+
+    def _end_once(self, key: str) -> None:
+        """Tear down an ``@once`` fixture set up here.  An error is a second
+        teardown report of the last test run here (as a session fixture's,
+        serially, is the last test's)."""
+        call = pytest.CallInfo.from_call(lambda: self._once.end(key), when="teardown")
+        if call.excinfo is not None and self._last is not None:
+            task_id, item = self._last
+            self.send(Report(task_id, [self._serialize(pytest.TestReport.from_item_and_call(item, call))]))
+        self.send(OnceEnded(key))
+
+    def _tell_once(self, kind: str, key: str, generation: int, payload: object) -> None:
+        self.send(OnceOutcome(kind, key, generation, payload))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -352,15 +404,15 @@ class WorkerSession:
         # _send_ahead): nothing is sent now, and the setup and call reports
         # ride with Done.  They are noted in the journal first, so that a
         # crash in this teardown does not lose them.
-        answer = self.poll()
+        answer = self._answer(self.poll(), wait=False)
         self._answered_ahead = answer is not None
         if answer is not None and self._held is not None:
             self._held.note_teardown(task_id, self._reports)
         if answer is None:
             self.send(AtTeardown(task_id, self._take_reports()))
-            answer = self.receive()
+            answer = self._answer(self.receive(), wait=True)
         if not isinstance(answer, Next):
-            raise ProtocolError(f"expected 'next' at teardown, got {answer.name!r}")
+            raise ProtocolError(f"expected 'next' at teardown, got {getattr(answer, 'name', answer)!r}")
         self._next = answer
         target: pytest.Item | pytest.Session | None = item.session
         following = answer
@@ -372,7 +424,8 @@ class WorkerSession:
             if self._taken[1].busy is not None:
                 following = Next(None)
         if following.task_id is None:
-            target = None if answer.final else item.session
+            # an @once fixture set up here lives until the controller ends it
+            target = None if answer.final and not self._once.owns() else item.session
         elif answer.keep_fixtures:
             target = self._lookup(answer) or item.session
         self._teardown_target = target
@@ -507,6 +560,9 @@ class WorkerSession:
             grant = Grant(grant.requirement, {**grant.slots, **taken[1].slots})
         self._current, self._asked, self._answered_ahead = (message.task_id, item), False, False
         self._last = self._current
+        if message.once:
+            self._once.where = f"{message.nodeid} on {self._workerinput.get('workerid')}"
+            self._once.told(message.once)
         assert self._holds is not None
         self._holds.enter(item, grant)
         try:
@@ -527,6 +583,7 @@ class WorkerSession:
             self._ask_and_tear_down(message.task_id, item)
         self._keep_host_for(self._next)
         self._send_done(message.task_id, self._take_reports())
+        self._end_once_due()
         # the controller owns stopping; see the module docstring
         self._session.shouldfail = False
         self._session.shouldstop = False

@@ -92,7 +92,7 @@ def test_names_become_safe_file_names(tmp_path: Path) -> None:
 def test_capacities_must_agree_between_live_runs(tmp_path: Path) -> None:
     held = register_capacities(tmp_path, {"gpu": 2})
     assert register_capacities(tmp_path, {"gpu": 2})  # the same: fine
-    with pytest.raises(HostLockError, match="capacity 4 here, .* declared it with capacity 2"):
+    with pytest.raises(HostLockError, match=r"capacity 4 here, .* declared it with capacity 2"):
         register_capacities(tmp_path, {"gpu": 4})
     for lock in held:
         lock.release()

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_restask.events import Blocker, TaskChanged, TaskState, TaskWaiting, WorkerChanged
-from pytest_restask.resources import LockTable, Mode, Request, Requirement, merge_requests
+from pytest_restask.resources import Grant, LockTable, Mode, Request, Requirement, merge_requests
 from pytest_restask.statemachine import AHEAD_TASKS, EVERY_WORKER_FAILED, Reason, StateMachine, Task, WorkerPhase
 
 from .simulation import Plan, SimSpawner, conflicts, make_machine
@@ -624,6 +624,9 @@ class Calls:
     def stop_worker(self, worker: str) -> None:
         pass
 
+    def end_once(self, worker: str, key: str) -> None:
+        self.sent.append((worker, f"end {key}"))  # type: ignore[arg-type]
+
 
 def test_a_task_handed_back_for_a_host_lock_waits_keeps_its_claim_and_is_tried_again_later() -> None:
     """t0 and t1 need "postgres" exclusively, t2 is free.  gw0's
@@ -673,3 +676,71 @@ def test_a_task_handed_back_for_a_host_lock_waits_keeps_its_claim_and_is_tried_a
     assert (0, Blocker("postgres", -1, other_run=True)) in waits
     assert (1, Blocker("postgres", 0, claim=True)) in waits
     assert Blocker("postgres", -1, other_run=True).describe() == "'postgres' held by another run"
+
+
+def test_an_once_fixture_is_set_up_by_one_task_while_the_others_wait_and_torn_down_after_the_last() -> None:
+    """t0..t2 use the @once fixture "k", whose setup and teardown need "db";
+    t3 is free.  t0 sets it up (holding db as well), t1 and t2 wait in the
+    scheduler until its value is reported, then run without db; once the
+    last of them is done, the owner tears it down in a hold of db of its own."""
+    uses = dict(once=("k",))
+    tasks = [Task(i, f"t{i}", needs(), estimate=2.0, **uses) for i in range(3)]  # type: ignore[arg-type]
+    tasks.append(Task(3, "t3", needs(), estimate=1.0))
+    calls, recorder = Calls(), Recorder()
+    sm = StateMachine(
+        tasks, LockTable(), calls, ["gw0", "gw1"], observer=recorder, once={"k": needs(Request("db", EX))}
+    )
+    sm.step(0.0)
+    sm.worker_ready("gw0", 0.0)
+    sm.worker_ready("gw1", 0.0)
+    assert calls.sent == [("gw0", 0), ("gw1", 3)]  # t1, t2 wait for the setup
+    grant = sm.table.grant_of(0)
+    assert grant is not None
+    assert grant.requirement.names() == {"db"}
+    assert sm.once["k"].owner == "gw0"
+    assert (1, Blocker("@once k", 0)) in {(e.task_id, e.blocker) for e in recorder.waits}
+    sm.once_ready("k", 0, 0.5)
+    sm.reached_teardown("gw1", 3, 1.0)
+    assert calls.sent[-1] == ("gw1", 1)
+    assert sm.table.grant_of(1) == Grant(needs())  # the value is used without db
+    sm.task_done("gw1", 3, 1.0)
+    sm.reached_teardown("gw0", 0, 1.0)
+    assert calls.sent[-1] == ("gw0", 2)
+    sm.task_done("gw0", 0, 1.0)
+    for worker, task in (("gw1", 1), ("gw0", 2)):
+        sm.reached_teardown(worker, task, 2.0)
+        sm.task_done(worker, task, 2.0)
+    assert calls.sent[-1] == ("gw0", "end k")
+    assert not sm.done  # the teardown is part of the run
+    held = sm.table.grant_of(("once", "k"))
+    assert held is not None
+    assert held.requirement.names() == {"db"}
+    sm.once_ended("gw0", "k", 2.5)
+    assert sm.done
+    assert sm.table.is_empty()
+
+
+def test_an_once_fixture_whose_worker_died_is_set_up_again_for_the_tests_still_to_come() -> None:
+    x = needs(Request("x", EX))
+    tasks = [Task(0, "t0", needs(), estimate=2.0, once=("k",))]
+    tasks += [Task(i, f"t{i}", x, estimate=2.0, once=("k",)) for i in (1, 2)]  # one after the other
+    calls = Calls()
+    sm = StateMachine(tasks, LockTable(), calls, ["gw0", "gw1"], once={"k": needs()}, max_restarts=2)
+    sm.step(0.0)
+    sm.worker_ready("gw0", 0.0)
+    sm.worker_ready("gw1", 0.0)
+    assert calls.sent == [("gw0", 1)]  # t1 (longer: it uses "x") sets it up; the others wait
+    sm.once_ready("k", 0, 0.1)
+    assert calls.sent == [("gw0", 1), ("gw1", 0)]
+    sm.reached_teardown("gw1", 0, 1.0)
+    sm.task_done("gw1", 0, 1.0)
+    assert sm.phase("gw1") is WorkerPhase.IDLE  # t2 waits for t1's "x"
+    sm.worker_died("gw0", "killed", 1.5)  # t1 is lost with it, and the fixture
+    fixture = sm.once["k"]
+    assert (fixture.state.name, fixture.generation, fixture.left) == ("NONE", 1, 1)
+    assert any(
+        "where it was set up, ended; it is set up again for the 1 test(s)" in line for line in sm.lost_outside_tests
+    )
+    sm.worker_ready("gw0", 2.0)  # its replacement
+    assert calls.sent[-1] == ("gw0", 2)  # t2 sets it up again, in the new process
+    assert (fixture.state.name, fixture.owner, fixture.setter) == ("SETTING", "gw0", 2)
