@@ -259,6 +259,7 @@ def test_bad_scope_in_the_ini_names_the_line(pytester: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
-            "ERROR: restask_resources line 'staging: 1 everywhere': after the capacity only 'global' * and 'host' * may follow, got 'everywhere'*"
+            "ERROR: restask_resources line 'staging: 1 everywhere': after the capacity only 'global' * "
+            "and 'host' * may follow, got 'everywhere'*"
         ]
     )
