@@ -525,16 +525,21 @@ class StateMachine:
         assert current.id == task_id, (worker, task_id)
         ended = now if ended is None else min(ended, now)
         self._finish(current, ended, Reason.COMPLETED, "")
+        self._move_on(state, ended, now)
+        self.start(now)
+
+    def _move_on(self, state: _Worker, started: float, now: float) -> None:
+        """A worker's running task is over: the next one queued behind it
+        runs (since ``started``), or the worker is idle."""
         state.told_nothing = False
         if state.queued:
             state.running = state.queued.popleft()
             state.queued_seconds = state.queued_seconds - state.running.estimate if state.queued else 0.0
-            state.running.started_at = ended
+            state.running.started_at = started
         else:
             state.running = None
             if state.phase is WorkerPhase.BUSY:
                 self._set_phase(state, WorkerPhase.IDLE, now)
-        self.start(now)
 
     def worker_died(self, worker: str, cause: str, now: float, start_failed: bool = False) -> None:
         """A worker process ended unexpectedly (or as we asked, when killing it).
@@ -641,28 +646,12 @@ class StateMachine:
         task = state.running
         assert task is not None, (worker, task_id)
         assert task.id == task_id, (worker, task_id)
-        self.table.release(task.id)
-        del self.queues.started[task.id]
-        self._unset(task)
         task.host_busy = resource
         task.not_before = now + min(HOST_RETRY_MAX, HOST_RETRY_FIRST * 2**task.bounces)
         task.bounces += 1
         heapq.heappush(self._wakeups, task.not_before)
-        self._tell(task, TaskState.READY, now, cause=HOST_BUSY)
-        task.worker = task.grant = task.started_at = None
-        self.queues.ready.insert(0, task)
-        self._ready_in[_module(task)] += 1
-        state.told_nothing = False
-        if state.queued:
-            state.running = state.queued.popleft()
-            state.queued_seconds = state.queued_seconds - state.running.estimate if state.queued else 0.0
-            state.running.started_at = now
-        else:
-            state.running = None
-            if state.phase is WorkerPhase.BUSY:
-                self._set_phase(state, WorkerPhase.IDLE, now)
-        if self.aborted is not None:
-            self.abort_queue(self.queues.ready, *self.aborted, now)
+        self._requeue(task, now, HOST_BUSY)
+        self._move_on(state, now, now)
         self.start(now)
 
     def once_ready(self, key: str, generation: int, now: float) -> None:
@@ -938,13 +927,14 @@ class StateMachine:
             self._set_phase(worker, WorkerPhase.BUSY, now)
         return task.grant
 
-    def _requeue(self, task: Task, now: float) -> None:
-        """Put a handed-over task that never began back at the front
-        (or finish it, when the run was aborted meanwhile)."""
+    def _requeue(self, task: Task, now: float, cause: str = REQUEUED) -> None:
+        """Put a task that never began back at the front (or finish it, when
+        the run was aborted meanwhile): handed over or sent ahead to a worker
+        that died (:data:`REQUEUED`), or handed back (:data:`HOST_BUSY`)."""
         self.table.release(task.id)
         del self.queues.started[task.id]
         self._unset(task)
-        self._tell(task, TaskState.READY, now, cause=REQUEUED)  # with the worker that gave it back
+        self._tell(task, TaskState.READY, now, cause=cause)  # with the worker that gave it back
         task.worker = task.grant = task.started_at = None
         self.queues.ready.insert(0, task)
         self._ready_in[_module(task)] += 1

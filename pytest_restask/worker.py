@@ -268,7 +268,6 @@ class WorkerSession:
         self._config = early_config
         self._holds = Holds(early_config)
         early_config.pluginmanager.register(self._holds, "restask.holds")
-        early_config.pluginmanager.register(self._once, "restask.once")
         self._once.install()
         try:
             return (yield)
@@ -561,6 +560,9 @@ class WorkerSession:
         self._current, self._asked, self._answered_ahead = (message.task_id, item), False, False
         self._last = self._current
         if message.once:
+            if self._config is not None and not self._config.pluginmanager.is_registered(self._once):
+                # its fixture hook only from the first task with an @once fixture on
+                self._config.pluginmanager.register(self._once, "restask.once")
             self._once.where = f"{message.nodeid} on {self._workerinput.get('workerid')}"
             self._once.told(message.once)
         assert self._holds is not None

@@ -13,7 +13,9 @@ import pytest
 
 from .runs import run
 
-CONFTEST = """
+#: The log every suite here writes: ``note`` for fixtures and tests, and
+#: each test's start and end.
+ORACLE = """
 import json, os, time
 import pytest
 from pytest_restask import once, requires
@@ -26,15 +28,6 @@ def note(event, name="", **extra):
         f.write(json.dumps({"ev": event, "id": name, "pid": os.getpid(), "t": time.time(), **extra}) + "\\n")
 
 
-@once
-def schema(tmp_path_factory):
-    note("setup")
-    time.sleep(0.2)
-    yield {"url": "db://" + str(tmp_path_factory.getbasetemp()), "made by": os.getpid()}
-    time.sleep(0.1)
-    note("teardown")
-
-
 @pytest.fixture(autouse=True)
 def _oracle(request):
     note("start", request.node.nodeid)
@@ -42,19 +35,37 @@ def _oracle(request):
     note("end", request.node.nodeid)
 """
 
+CONFTEST = (
+    ORACLE
+    + """
+@once
+def schema(tmp_path_factory):
+    note("setup")
+    time.sleep(0.2)
+    yield {"url": "db://" + str(tmp_path_factory.getbasetemp()), "made by": os.getpid()}
+    time.sleep(0.1)
+    note("teardown")
+"""
+)
+
+#: Six tests use the fixture, nine free ones take longer.  The pauses matter
+#: only with workers (ONCE_PAUSE scales them; one after another, the log
+#: comes out the same without them).
 TESTS = """
-import time
+import os, time
 import pytest
 from conftest import note
+
+PAUSE = float(os.environ.get("ONCE_PAUSE", "1"))
 
 @pytest.mark.parametrize("i", range(6))
 def test_uses(i, schema):
     note("value", value=schema)
-    time.sleep(0.4)
+    time.sleep(0.4 * PAUSE)
 
 @pytest.mark.parametrize("i", range(9))
 def test_free(i):
-    time.sleep(0.5)
+    time.sleep(0.5 * PAUSE)
 """
 
 
@@ -97,10 +108,13 @@ def test_a_once_fixture_is_set_up_once_for_the_run_and_torn_down_after_its_last_
     assert facts["teardown_before_last_end"] is True  # not held back until the run's end
 
 
-def test_without_workers_it_is_an_ordinary_session_fixture(pytester: pytest.Pytester) -> None:
+def test_without_workers_it_is_an_ordinary_session_fixture(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same suite without -n: the same log, the teardown at the session's end."""
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_once=TESTS)
+    monkeypatch.setenv("ONCE_PAUSE", "0.05")
     result = run(pytester, "-p", "no:randomly", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=15)
     facts = check_once_log(pytester, 0)
@@ -160,17 +174,9 @@ def test_a_failing_setup_errors_every_user_and_runs_once(pytester: pytest.Pytest
     result.stdout.no_fnmatch_line("*pytest_restask/*")  # no frame of ours
 
 
-REQUIRES = """
-import os, json, time
-import pytest
-from pytest_restask import once, requires
-
-LOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log.jsonl")
-
-def note(event, name=""):
-    with open(LOG, "a") as f:
-        f.write(json.dumps({"ev": event, "id": name, "t": time.time()}) + "\\n")
-
+REQUIRES = (
+    ORACLE
+    + """
 @once
 @requires("db")
 def schema():
@@ -181,13 +187,8 @@ def schema():
     note("teardown-start")
     time.sleep(0.3)
     note("teardown-end")
-
-@pytest.fixture(autouse=True)
-def _oracle(request):
-    note("start", request.node.nodeid)
-    yield
-    note("end", request.node.nodeid)
 """
+)
 
 REQUIRES_TESTS = """
 import time
