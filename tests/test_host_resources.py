@@ -10,7 +10,7 @@ log.  Each check that could pass because the runs did not overlap has a
 negative control beside it: the same suites with the resources declared
 without ``host`` do conflict.
 
-Marked ``hostruns``: .ci/run runs this module as a step of its own.
+Marked ``multirun``: .ci/run runs these modules as a step of their own.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pytest_restask.hostlocks import default_lock_dir
 
 from .processes import pids_in, survivors
 
-pytestmark = pytest.mark.hostruns
+pytestmark = pytest.mark.multirun
 
 CONFTEST = """
 import json, os, time

@@ -1,5 +1,7 @@
 """``--shard K/N`` end to end: every test in exactly one job, the same split
-everywhere, empty shards, the plan, the durations file and global resources."""
+everywhere, empty shards, the plan, the durations file and global resources.
+
+Marked ``multirun`` (dozens of pytest runs): .ci/run runs it as a step of its own."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.multirun
 
 RUN = ("-p", "restask")
 TIMEOUT = 120
