@@ -459,10 +459,14 @@ def _run_alone(runs: Runs, name: str, *args: str) -> tuple[int, str]:
 
 def test_an_in_process_run_honours_host_locks_and_says_when_it_waits(tmp_path: Path) -> None:
     """Without -n a run takes its tests' host locks itself, waiting while
-    another run holds one (and saying so after a second)."""
+    another run holds one, and says so once it waited a second: run "one"
+    holds postgres until run "two" has said it."""
     runs = Runs(tmp_path)
     one = suite(HOST_LINES, 0, 0, 0, 0)
-    one["test_suite.py"] = KILLED_SUITE.replace("range(1500)", "range(100)")  # holds postgres for 2 s
+    release = tmp_path / "release"
+    one["test_suite.py"] = KILLED_SUITE.replace(
+        "for _ in range(1500):  # 30 s, unless killed", f"while not os.path.exists({str(release)!r}):"
+    ).replace("import time", "import os, time")
     runs.write("one", one)
     runs.write("two", suite(HOST_LINES, postgres=2, readers=2, writers=1, free=2))
     runs.start(["one"], "-n", "2", f"--lock-dir={tmp_path / 'locks'}")
@@ -471,10 +475,19 @@ def test_an_in_process_run_honours_host_locks_and_says_when_it_waits(tmp_path: P
         assert time.monotonic() < deadline, runs.records()
         time.sleep(0.05)
     runs.start(["two"], "-v", f"--lock-dir={tmp_path / 'locks'}", "-k", "postgres")
-    code, output = runs.finish("two")
+    stdout = runs.processes["two"].stdout
+    assert stdout is not None
+    said = []
+    for line in stdout:  # until it says that it waits
+        said.append(line)
+        if "waits for host lock 'postgres', held by another run" in line:
+            break
+    release.touch()
+    code, rest = runs.finish("two")
+    output = "".join(said) + rest
     assert code == 0, output
-    assert "waits for host lock 'postgres', held by another run" in output
-    assert waited(output) > 0
+    assert "restask: test_suite.py::test_postgres[0] waits for host lock 'postgres', held by another run" in output
+    assert waited(output) > 1.0
     assert "test_postgres[0]: waited" in output
     assert runs.finish("one")[0] == 0
     spans = runs.spans()
