@@ -389,16 +389,20 @@ def test_counted_host_slots_are_never_more_than_the_capacity_across_runs(tmp_pat
     runs = Runs(tmp_path)
     gpu_suites(runs, ["gpu: 2 host"])
     runs.start(["one", "two"], "-n", "3", f"--lock-dir={tmp_path / 'locks'}")
+    outputs = []
     for name in ("one", "two"):
         code, output = runs.finish(name)
         assert code == 0, output
+        outputs.append(output)
     spans = runs.spans()
     assert len(spans) == 12
     assert {s.slots for s in spans} == {"0", "1"}
     most, together = most_at_once(spans)
     assert most == 2
     assert all(len(set(slots)) == len(slots) for slots in together)
-    assert cross_run_overlaps(spans) > 0
+    # the runs met: one waited for slots the other held (a run that keeps
+    # handing its slots from test to test may run all its tests first)
+    assert max(map(waited, outputs)) > 0
 
 
 def test_without_host_counted_slots_add_up_across_runs(tmp_path: Path) -> None:
