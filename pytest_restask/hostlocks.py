@@ -225,6 +225,12 @@ class HostLocks:
         for request in sorted(requests, key=lambda r: r.name):
             known = self._held.get(request.name)
             if known is not None and known.request == request:
+                if request.mode is not Mode.EXCLUSIVE and self._writer_waits(request.name):
+                    # kept from the test before, but a writer of another run
+                    # waits: a later reader must not pass it (let go, try later)
+                    for name in taken:
+                        self._release(name)
+                    return Taken({}, busy=request.name)
                 continue
             if known is not None:  # another mode or count: taken again
                 self._release(request.name)
@@ -250,6 +256,16 @@ class HostLocks:
 
     def _release(self, name: str) -> None:
         self._held.pop(name).release()
+
+    def _writer_waits(self, name: str) -> bool:
+        """Return whether an exclusive user of another run waits for ``name``."""
+        intent = _read_write(self.directory, name, "intent")
+        try:
+            intent.acquire_read()
+        except filelock.Timeout:
+            return True
+        intent.release()
+        return False
 
     def _try(self, request: Request, preferred: Sequence[int]) -> _Held | None:
         main = _read_write(self.directory, request.name, "rw")

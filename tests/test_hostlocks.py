@@ -73,6 +73,14 @@ def test_a_waiting_writers_intent_keeps_readers_out_but_not_writers(tmp_path: Pa
     assert locks.take([Request("cache", EX)]).busy is None
 
 
+def test_a_reader_that_keeps_its_lock_lets_go_when_a_writer_of_another_run_waits(tmp_path: Path, hold) -> None:  # type: ignore[no-untyped-def]
+    locks = HostLocks(tmp_path, {}, {"cache"})
+    assert locks.take([Request("cache", SH)]).busy is None
+    assert locks.take([Request("cache", SH)]).busy is None  # kept for the next reader
+    hold("intent", "cache")
+    assert locks.take([Request("cache", SH)]).busy == "cache"  # the next reader does not pass the writer
+
+
 def test_counted_slots_skip_those_another_process_holds(tmp_path: Path, hold) -> None:  # type: ignore[no-untyped-def]
     hold("COUNTED", "gpu")  # it takes slot 0
     locks = HostLocks(tmp_path, {"gpu": 2}, {"gpu"})
