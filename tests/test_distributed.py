@@ -231,6 +231,7 @@ def pytest_collection_finish(session):
 """
 
 
+@pytest.mark.multirun  # many whole runs: a CI step of its own
 def test_second_run_starts_workers_while_the_controller_collects(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -608,6 +609,7 @@ def test_timeout_ends_the_test_and_releases_its_resources(pytester: pytest.Pytes
     result.stdout.fnmatch_lines(["*timed out after 1 s on gw0 while running*test_hangs*"])
 
 
+@pytest.mark.multirun  # many whole runs: a CI step of its own
 def test_selection_options_behave_as_serially(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """

@@ -337,12 +337,17 @@ def test_a_killed_run_frees_its_host_locks_and_none_of_its_tests_outlives_them(t
     one["test_suite.py"] = KILLED_SUITE
     runs.write("one", one)
     runs.write("two", suite(HOST_LINES, postgres=3, readers=0, writers=0, free=3))
-    runs.start(["one", "two"], "-n", "3", f"--lock-dir={tmp_path / 'locks'}")
+    runs.start(["one"], "-n", "3", f"--lock-dir={tmp_path / 'locks'}")
     deadline = time.monotonic() + 60
     while not any(r["run"] == "one" and r["ev"] == "tick" for r in runs.records()):
         assert time.monotonic() < deadline, runs.records()
         time.sleep(0.05)
-    time.sleep(0.5)  # run "two" is waiting for postgres now
+    # "one" holds postgres now: "two" starts, and its postgres tests wait
+    runs.start(["two"], "-n", "3", f"--lock-dir={tmp_path / 'locks'}")
+    while not any(r["run"] == "two" and r["ev"] == "start" for r in runs.records()):
+        assert time.monotonic() < deadline, runs.records()
+        time.sleep(0.05)
+    time.sleep(0.5)
     killed = runs.processes["one"]
     killed.send_signal(signal.SIGKILL)
     killed_at = time.time()

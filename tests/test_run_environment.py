@@ -50,6 +50,7 @@ def _temproot_runs(pytester: pytest.Pytester, times: int) -> list[pytest.RunResu
     return results
 
 
+@pytest.mark.multirun  # many whole runs: a CI step of its own
 def test_failed_tests_tmp_path_is_kept_as_serially(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """One numbered pytest-N folder a run, a sub-folder a worker: the
     retention policy keeps failed tests' folders, and the retention count
