@@ -192,6 +192,13 @@ class Runs:
         output, _ = process.communicate(timeout=timeout)
         return process.returncode, output
 
+    def wait_for(self, run: str, event: str, timeout: float = 60) -> None:
+        """Wait until run ``run`` logged ``event`` (a test's "start", a "tick")."""
+        deadline = time.monotonic() + timeout
+        while not any(r["run"] == run and r["ev"] == event for r in self.records()):
+            assert time.monotonic() < deadline, self.records()
+            time.sleep(0.05)
+
     def records(self) -> list[dict[str, object]]:
         if not self.log.exists():
             return []
@@ -338,15 +345,10 @@ def test_a_killed_run_frees_its_host_locks_and_none_of_its_tests_outlives_them(t
     runs.write("one", one)
     runs.write("two", suite(HOST_LINES, postgres=3, readers=0, writers=0, free=3))
     runs.start(["one"], "-n", "3", f"--lock-dir={tmp_path / 'locks'}")
-    deadline = time.monotonic() + 60
-    while not any(r["run"] == "one" and r["ev"] == "tick" for r in runs.records()):
-        assert time.monotonic() < deadline, runs.records()
-        time.sleep(0.05)
+    runs.wait_for("one", "tick")
     # "one" holds postgres now: "two" starts, and its postgres tests wait
     runs.start(["two"], "-n", "3", f"--lock-dir={tmp_path / 'locks'}")
-    while not any(r["run"] == "two" and r["ev"] == "start" for r in runs.records()):
-        assert time.monotonic() < deadline, runs.records()
-        time.sleep(0.05)
+    runs.wait_for("two", "start")
     time.sleep(0.5)
     killed = runs.processes["one"]
     killed.send_signal(signal.SIGKILL)
@@ -479,10 +481,7 @@ def test_an_in_process_run_honours_host_locks_and_says_when_it_waits(tmp_path: P
     runs.write("one", one)
     runs.write("two", suite(HOST_LINES, postgres=2, readers=2, writers=1, free=2))
     runs.start(["one"], "-n", "2", f"--lock-dir={tmp_path / 'locks'}")
-    deadline = time.monotonic() + 60
-    while not any(r["run"] == "one" and r["ev"] == "tick" for r in runs.records()):
-        assert time.monotonic() < deadline, runs.records()
-        time.sleep(0.05)
+    runs.wait_for("one", "tick")
     runs.start(["two"], "-v", f"--lock-dir={tmp_path / 'locks'}", "-k", "postgres")
     stdout = runs.processes["two"].stdout
     assert stdout is not None
