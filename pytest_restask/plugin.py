@@ -470,26 +470,28 @@ class LocalRun:
         if not requests:
             return grant
         started = time.monotonic()
-        delay, told = HOST_RETRY_FIRST, False
+        delay, told, waited_for = HOST_RETRY_FIRST, False, None
         try:
             while True:
                 taken = self.host.take(requests, grant.slots)
-                busy = taken.busy
-                if busy is None:
+                if taken.busy is None:
                     break
+                waited_for = taken.busy
                 self.host.keep_only(())  # all or none: never wait while holding one
-                if any(r.name == busy and r.mode is Mode.EXCLUSIVE for r in requests):
-                    self._intents.want(busy, item.nodeid)
+                if any(r.name == waited_for and r.mode is Mode.EXCLUSIVE for r in requests):
+                    self._intents.want(waited_for, item.nodeid)
                 if not told and time.monotonic() - started > 1.0:
                     told = True
-                    self._tell(HOST_WAITING.format(nodeid=item.nodeid, resource=busy, directory=self.host.directory))
+                    message = HOST_WAITING.format(
+                        nodeid=item.nodeid, resource=waited_for, directory=self.host.directory
+                    )
+                    self._tell(message)
                 time.sleep(delay)
                 delay = min(2 * delay, HOST_RETRY_MAX)
-                self.host_waited[item.nodeid] = (time.monotonic() - started, busy)
-        finally:
+        finally:  # also when interrupted while waiting: the summary says how long
             self._intents.done(item.nodeid)
-        if item.nodeid in self.host_waited:
-            self.host_waited[item.nodeid] = (time.monotonic() - started, self.host_waited[item.nodeid][1])
+            if waited_for is not None:
+                self.host_waited[item.nodeid] = (time.monotonic() - started, waited_for)
         return Grant(grant.requirement, {**grant.slots, **taken.slots}) if taken.slots else grant
 
     def _tell(self, line: str) -> None:

@@ -111,7 +111,7 @@ from pytest_restask.messages import (
     uncarried,
 )
 from pytest_restask.once import OnceRunner
-from pytest_restask.resources import Grant, grant_from_wire
+from pytest_restask.resources import Grant, Request, grant_from_wire
 from pytest_restask.settings import settings_of
 
 __all__ = ["WorkerSession", "serve"]
@@ -523,19 +523,18 @@ class WorkerSession:
         host = self._host_locks() if message.requests else None
         if host is None:
             return Taken({})
-        return host.take(grant_from_wire(message.requests, {}).requirement.requests, message.slots)
+        return host.take(_requests(message), message.slots)
 
     def _keep_host_for(self, following: Next | None) -> None:
-        """Release the host locks the task that follows does not take over."""
+        """Release the host locks the task that follows does not take over
+        (all of them when it was found busy, or when nothing follows)."""
         if self._host is None:
             return
         taken = self._taken
-        if following is None or following.task_id is None or taken is None or taken[0] != following.task_id:
-            self._host.keep_only(())
-        elif taken[1].busy is None:
-            self._host.keep_only(grant_from_wire(following.requests, {}).requirement.requests)
-        else:
-            self._host.keep_only(())
+        takes_over = (
+            following is not None and taken is not None and taken[0] == following.task_id and taken[1].busy is None
+        )
+        self._host.keep_only(_requests(following) if takes_over and following is not None else ())
 
     def _run(self, message: Next) -> None:
         assert message.task_id is not None
@@ -759,6 +758,11 @@ class _CurrentStdout:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(sys.stdout, name)
+
+
+def _requests(message: Next) -> tuple[Request, ...]:
+    """Return what a task was granted, as requests (see :func:`~.resources.grant_from_wire`)."""
+    return grant_from_wire(message.requests, {}).requirement.requests
 
 
 def _where(error: BaseException) -> str:
