@@ -44,6 +44,7 @@ from .settings import AUTO_KEY, Settings, has_xdist, numprocesses, owns_n
 from .sharding import Shard, ShardTest, split
 from .statemachine import HOST_RETRY_FIRST, HOST_RETRY_MAX
 from .taskstate import LocalTaskStates
+from .views import PlanView
 
 __all__ = [
     "FAILFAST_REASON",
@@ -78,6 +79,11 @@ FIXTURES_DESC: Final = (
 )
 SHARD_DESC: Final = "Run only part K of N of the selected tests, balanced by durations and resources (CI jobs)"
 SHARD_PLAN_DESC: Final = "With --shard K/N: show every shard's test count, expected time and bottleneck; run nothing"
+PLAN_DESC: Final = (
+    "Show what the collected tests ask of each resource and the run's lower bound on wall time "
+    "with -n workers, and the bottleneck; run nothing"
+)
+PLAN_JSON_DESC: Final = "As --plan, as one JSON document on stdout (the terminal's output goes to stderr)"
 DURATIONS_FILE_DESC: Final = (
     "Read and write test durations in this JSON file (pytest-split's .test_durations form) instead of the cache"
 )
@@ -175,6 +181,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--task-timeout", dest="task_timeout", metavar="SECONDS", type=parse_timeout, help=TIMEOUT_DESC)
     group.addoption("--shard", dest="shard", metavar="K/N", default=None, help=SHARD_DESC)
     group.addoption("--shard-plan", dest="shard_plan", action="store_true", default=False, help=SHARD_PLAN_DESC)
+    group.addoption("--plan", dest="plan", action="store_true", default=False, help=PLAN_DESC)
+    group.addoption("--plan-json", dest="plan_json", action="store_true", default=False, help=PLAN_JSON_DESC)
     group.addoption("--durations-file", dest="durations_file", metavar="FILE", default=None, help=DURATIONS_FILE_DESC)
     parser.addini("restask_resources", RESOURCES_DESC, type="linelist", default=[])
     parser.addini("restask_fixtures", FIXTURES_DESC, type="linelist", default=[])
@@ -338,7 +346,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", TIMEOUT_MARKER)
     if not has_xdist(config.pluginmanager):
         config.pluginmanager.register(compat, "restask.compat")
-    if config.getoption("shard_plan", False):
+    if any(config.getoption(name, False) for name in ("plan", "plan_json", "shard_plan")):
         config.option.collectonly = True  # a plan runs nothing
     settings = Settings.from_config(config)
     if _is_restask_worker(config):
@@ -354,6 +362,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.shard is not None:
         config.pluginmanager.register(ShardSelection(config, settings, recorder.durations), "restask.shard")
     config.pluginmanager.register(LocalRun(config, settings), "restask.local")
+    if settings.plan is not None:
+        config.pluginmanager.register(PlanView(config, settings, recorder.durations), "restask.plan")
     if not settings.workers:
         if not _xdist_distributes(config):
             config.pluginmanager.register(LocalTaskStates(config), "restask.taskstate")

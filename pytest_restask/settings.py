@@ -92,6 +92,10 @@ class Settings:
     task_timeout: float | None = None
     #: Worker replacements allowed before the run stops.
     max_restarts: int = 0
+    #: ``--plan`` ("text") or ``--plan-json`` ("json"): show the plan, run nothing.
+    plan: str | None = None
+    #: ``--timeline=FILE``: where to write the run's trace (relative to where pytest was started).
+    timeline: Path | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -119,6 +123,8 @@ class Settings:
             failfast=config.getoption("failfast"),
             task_timeout=config.getoption("task_timeout"),
             max_restarts=4 * workers if restarts is None else int(restarts),
+            plan=_plan(config),
+            timeline=_timeline(config),
         )
         config.stash[SETTINGS_KEY] = settings
         return settings
@@ -181,6 +187,17 @@ def _hook_capacities(config: pytest.Config) -> dict[str, int]:
                     raise pytest.UsageError(CAPACITY_HOOK_ANSWER.format(plugin=plugin, value=value, name=name))
                 merged[name] = value
     return merged
+
+
+def _plan(config: pytest.Config) -> str | None:
+    if config.getoption("plan_json", False):
+        return "json"
+    return "text" if config.getoption("plan", False) else None
+
+
+def _timeline(config: pytest.Config) -> Path | None:
+    value = config.getoption("timeline", None)
+    return None if not value else config.invocation_params.dir / value
 
 
 def _shard_wanted(config: pytest.Config) -> tuple[int, int] | None:
