@@ -53,6 +53,7 @@ from .messages import (
     Missing,
     OnceEnded,
     OnceOutcome,
+    Ran,
     Ready,
     Report,
     Setup,
@@ -415,10 +416,10 @@ class Controller:
             self._in_teardown.add(message.task_id)
             machine.reached_teardown(worker, message.task_id, self._clock())
         elif isinstance(message, Done):
-            self._task_done(worker, message.task_id, message.reports, machine)
+            self._task_done(worker, message.task_id, message.reports, machine, message.ran)
         elif isinstance(message, Dones):
-            for task_id, reports in message.done:
-                self._task_done(worker, task_id, reports, machine)
+            for task_id, reports, ran in message.done:
+                self._task_done(worker, task_id, reports, machine, ran)
         elif isinstance(message, WarningRecorded):
             self._replay_warning(message)
         elif isinstance(message, OnceOutcome):
@@ -447,7 +448,7 @@ class Controller:
         else:
             raise AssertionError(f"unexpected message {message.name!r} from {worker}")
 
-    def _task_done(self, worker: str, task_id: int, reports: list[WireReport], machine: StateMachine) -> None:
+    def _task_done(self, worker: str, task_id: int, reports: list[WireReport], machine: StateMachine, ran: Ran) -> None:
         self._replay_reports(worker, task_id, reports)
         self._fields.pop(task_id, None)
         self._log_finish(task_id)

@@ -31,6 +31,7 @@ __all__ = [
     "JOURNAL_DONE",
     "JOURNAL_TEARDOWN",
     "PlainPass",
+    "Ran",
     "WireReport",
     "AtTeardown",
     "Collected",
@@ -85,9 +86,13 @@ ITEM_FIELDS: Final = ("nodeid", "location", "keywords")
 JOURNAL_TEARDOWN: Final = "teardown"
 JOURNAL_DONE: Final = "done"
 #: Bumped whenever a message changes shape.
-PROTOCOL_VERSION: Final = 12
+PROTOCOL_VERSION: Final = 13
 
 Wire: TypeAlias = tuple[str, dict[str, Any]]
+#: When a task ran on its worker, by the worker's ``time.monotonic()`` (one
+#: clock for every process of a host): ``[start, end]`` from the start of its
+#: protocol to the end of its teardown; ``[start]`` while it is not done.
+Ran: TypeAlias = list[float]
 #: A phase that passed with no output, properties or extra attributes:
 #: ``[when, duration, start, stop]``.  Most reports are such; this form is
 #: a fraction of the full dict to build, carry and read back.
@@ -272,6 +277,8 @@ class Done(Message):
     task_id: int
     #: Its reports not sent yet, in order.
     reports: list[WireReport] = dataclasses.field(default_factory=list)
+    #: When it ran (:data:`Ran`).
+    ran: Ran = dataclasses.field(default_factory=list)
 
 
 @final
@@ -284,16 +291,16 @@ class Dones(Message):
     a few dozen tasks or a few dozen milliseconds.  The worker writes each to its
     ``journal`` first (:func:`journal_entry`), so that the controller's side
     recovers the ones not sent yet when the worker dies: an entry
-    ``(JOURNAL_DONE, task id, reports)`` for each, and
-    ``(JOURNAL_TEARDOWN, task id, reports so far)`` when the teardown of a
-    task answered ahead begins (those reports would otherwise go only with
-    its Done).
+    ``(JOURNAL_DONE, task id, reports, ran)`` for each, and
+    ``(JOURNAL_TEARDOWN, task id, reports so far, [start])`` when the
+    teardown of a task answered ahead begins (those reports would otherwise
+    go only with its Done).
     """
 
     name: ClassVar[str] = "dones"
     marshalled: ClassVar[tuple[str, ...]] = ("done",)
-    #: (task id, its reports) of each task, in the order they finished.
-    done: list[tuple[int, list[WireReport]]]
+    #: (task id, its reports, when it ran) of each task, in the order they finished.
+    done: list[tuple[int, list[WireReport], Ran]]
 
 
 @final
@@ -452,7 +459,7 @@ def finished_at(reports: list[WireReport]) -> float | None:
     return stop if isinstance(stop, float) else None
 
 
-def journal_entry(kind: str, task_id: int, reports: list[WireReport]) -> bytes:
+def journal_entry(kind: str, task_id: int, reports: list[WireReport], ran: Ran | None = None) -> bytes:
     """Return one journal entry: its length, then the entry in marshal's format.
 
     Written for every quick test, so it must be cheap (a fifth of JSON's
@@ -460,11 +467,11 @@ def journal_entry(kind: str, task_id: int, reports: list[WireReport]) -> bytes:
     reads it back (:func:`read_journal`).  Raises ValueError for a report
     that marshal cannot hold.
     """
-    data = marshal.dumps((kind, task_id, reports))
+    data = marshal.dumps((kind, task_id, reports, ran or []))
     return _LENGTH.pack(len(data)) + data
 
 
-def read_journal(data: bytes) -> list[tuple[str, int, list[WireReport]]]:
+def read_journal(data: bytes) -> list[tuple[str, int, list[WireReport], Ran]]:
     """Return the entries of a journal; a torn last entry (the worker died
     while writing it) ends the list."""
     entries = []
@@ -475,10 +482,10 @@ def read_journal(data: bytes) -> list[tuple[str, int, list[WireReport]]]:
         if offset > len(data):
             break
         try:
-            kind, task_id, reports = marshal.loads(data[start:offset])
+            kind, task_id, reports, ran = marshal.loads(data[start:offset])
         except (EOFError, ValueError, TypeError):
             break
-        entries.append((kind, task_id, reports))
+        entries.append((kind, task_id, reports, ran))
     return entries
 
 

@@ -54,6 +54,7 @@ from .messages import (
     EndOnce,
     Message,
     Next,
+    Ran,
     Ready,
     Report,
     Setup,
@@ -380,7 +381,7 @@ class ExecnetSpawner:
             if process.over:
                 return False
             entries = _read_journal(process.journal)
-            done = [(task_id, reports) for kind, task_id, reports in entries if kind == JOURNAL_DONE]
+            done = [(task_id, reports, ran) for kind, task_id, reports, ran in entries if kind == JOURNAL_DONE]
             return self._deliver(worker, process, Dones(done))
 
     def _on_data(self, worker: str, process: _Process, data: object) -> None:
@@ -431,9 +432,9 @@ class ExecnetSpawner:
         :class:`~.messages.Dones`): the tasks it finished and held back, and
         the reports of the task whose teardown it died in."""
         with self._lock:
-            done: list[tuple[int, list[WireReport]]] = []
+            done: list[tuple[int, list[WireReport], Ran]] = []
             in_teardown: dict[int, list[WireReport]] = {}
-            for kind, task_id, reports in _read_journal(process.journal):
+            for kind, task_id, reports, ran in _read_journal(process.journal):
                 if task_id in process.delivered:
                     continue
                 if kind == JOURNAL_TEARDOWN:
@@ -441,7 +442,7 @@ class ExecnetSpawner:
                     in_teardown[task_id] = [] if task_id in process.reported else reports
                 elif kind == JOURNAL_DONE:
                     in_teardown.pop(task_id, None)
-                    done.append((task_id, reports))
+                    done.append((task_id, reports, ran))
             self._deliver(worker, process, Dones(done))
             for task_id, reports in in_teardown.items():  # at most the last task
                 self._put(worker, process, Event(worker, AtTeardown(task_id, reports)))
@@ -470,8 +471,8 @@ class ExecnetSpawner:
             process.delivered.add(message.task_id)
             return message
         assert isinstance(message, Dones)
-        done = [(task_id, reports) for task_id, reports in message.done if task_id not in process.delivered]
-        process.delivered.update(task_id for task_id, _ in done)
+        done = [entry for entry in message.done if entry[0] not in process.delivered]
+        process.delivered.update(entry[0] for entry in done)
         return Dones(done) if done else None
 
     def _put(self, worker: str, process: _Process, event: Event) -> None:
@@ -524,7 +525,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _read_journal(path: str) -> list[tuple[str, int, list[WireReport]]]:
+def _read_journal(path: str) -> list[tuple[str, int, list[WireReport], Ran]]:
     """Return the entries of a worker's journal (none if it never wrote one)."""
     try:
         with open(path, "rb") as file:

@@ -95,6 +95,7 @@ from pytest_restask.messages import (
     OnceEnded,
     OnceOutcome,
     ProtocolError,
+    Ran,
     Ready,
     Report,
     Setup,
@@ -182,6 +183,8 @@ class WorkerSession:
         self._plain_passes = False
         #: The current task's next was sent ahead: nobody waits for its Done.
         self._answered_ahead = False
+        #: When the current task began, by ``time.monotonic()`` (see :data:`~.messages.Ran`).
+        self._began = 0.0
         #: Host-wide locks (see :mod:`.hostlocks`), made at the first task that needs one.
         self._host: HostLocks | None = None
         #: The host locks of the task that follows, tried when its predecessor
@@ -218,10 +221,11 @@ class WorkerSession:
     def _send_done(self, task_id: int, reports: list[WireReport]) -> None:
         """Say a task is done: held back when it was answered ahead and its
         reports are all :data:`~.messages.PlainPass`, else at once."""
+        ran = [self._began, time.monotonic()]
         if self._held is not None and self._answered_ahead and all(isinstance(r, list) for r in reports):
-            self._held.hold(task_id, reports)
+            self._held.hold(task_id, reports, ran)
         else:
-            self.send(Done(task_id, reports))
+            self.send(Done(task_id, reports, ran))
 
     def flush(self) -> None:
         """Send the Done messages held back."""
@@ -406,7 +410,7 @@ class WorkerSession:
         answer = self._answer(self.poll(), wait=False)
         self._answered_ahead = answer is not None
         if answer is not None and self._held is not None:
-            self._held.note_teardown(task_id, self._reports)
+            self._held.note_teardown(task_id, self._reports, [self._began])
         if answer is None:
             self.send(AtTeardown(task_id, self._take_reports()))
             answer = self._answer(self.receive(), wait=True)
@@ -565,6 +569,7 @@ class WorkerSession:
             self._once.where = f"{message.nodeid} on {self._workerinput.get('workerid')}"
             self._once.told(message.once)
         assert self._holds is not None
+        self._began = time.monotonic()
         self._holds.enter(item, grant)
         try:
             item.ihook.pytest_runtest_protocol(item=item, nextitem=item)
@@ -632,30 +637,30 @@ class _HeldDones:
     def __init__(self, send_wire: Callable[[object], None], journal: str) -> None:
         self.lock = threading.Lock()
         self._send_wire = send_wire
-        self._held: list[tuple[int, list[WireReport]]] = []
+        self._held: list[tuple[int, list[WireReport], Ran]] = []
         self._fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._waiting = threading.Event()
         threading.Thread(target=self._send_late, name="restask-held-dones", daemon=True).start()
 
-    def note_teardown(self, task_id: int, reports: list[WireReport]) -> None:
+    def note_teardown(self, task_id: int, reports: list[WireReport], ran: Ran) -> None:
         """Note a task's reports so far as its teardown begins."""
-        self._note(JOURNAL_TEARDOWN, task_id, reports)
+        self._note(JOURNAL_TEARDOWN, task_id, reports, ran)
 
-    def hold(self, task_id: int, reports: list[WireReport]) -> None:
+    def hold(self, task_id: int, reports: list[WireReport], ran: Ran) -> None:
         """Note a task as done, and send it with others."""
-        self._note(JOURNAL_DONE, task_id, reports)
+        self._note(JOURNAL_DONE, task_id, reports, ran)
         with self.lock:
-            self._held.append((task_id, reports))
+            self._held.append((task_id, reports, ran))
             if len(self._held) >= HOLD_DONES:
                 self.flush()
             elif len(self._held) == 1:
                 self._waiting.set()
 
-    def _note(self, kind: str, task_id: int, reports: list[WireReport]) -> None:
+    def _note(self, kind: str, task_id: int, reports: list[WireReport], ran: Ran) -> None:
         try:
-            entry = journal_entry(kind, task_id, reports)
+            entry = journal_entry(kind, task_id, reports, ran)
         except ValueError:  # a report marshal cannot hold: a crash loses it, as without a journal
-            entry = journal_entry(kind, task_id, [])
+            entry = journal_entry(kind, task_id, [], ran)
         os.write(self._fd, entry)
 
     def flush(self) -> None:
