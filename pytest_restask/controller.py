@@ -65,11 +65,13 @@ from .messages import (
     plain_dict,
 )
 from .once import SETUP, VALUE
+from .record import RunRecord
 from .resources import LockTable
 from .settings import Settings
 from .spawner import STOP_GRACE, Event, ExecnetSpawner
 from .statemachine import OnceState, Reason, StateMachine, Task
 from .taskstate import Outcomes, TaskStateHook, has_listeners
+from .views import RunViews
 
 __all__ = ["Controller"]
 
@@ -113,6 +115,7 @@ class Controller:
         settings: Settings,
         durations: Durations | None = None,
         clock: Callable[[], float] = time.monotonic,
+        views: RunViews | None = None,
     ) -> None:
         self._config = config
         self._settings = settings
@@ -171,6 +174,9 @@ class Controller:
         self._once_outcomes: dict[str, tuple[int, str, Any]] = {}
         #: The task whose report is being replayed (for its wait in -v).
         self._replaying_task: int | None = None
+        #: Who shows the contention report and the timeline, and the record it keeps.
+        self._views = views
+        self._record: RunRecord | None = None
 
     # -- hooks --------------------------------------------------------------------
 
@@ -278,6 +284,8 @@ class Controller:
             heap.freeze(self._config)
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if self._record is not None:
+                self._record.close()
             if self._intents is not None:
                 self._intents.release_all()
             if completed:
@@ -309,6 +317,11 @@ class Controller:
             self._intents = WriterIntents(self._settings.lock_dir)
             self._host_waits = HostWaits(self._intents, {task.id: task.requirement for task in tasks})
             observers.append(self._host_waits)
+        if self._views is not None:
+            requirements = {task.id: task.requirement for task in tasks if task.error is None}
+            self._record = self._views.record_for(requirements, self._workercount, self._outcomes.word)
+            if self._record is not None:
+                observers.append(self._record)
         return observers[0] if len(observers) == 1 else Observers(observers) if observers else None
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
@@ -452,6 +465,8 @@ class Controller:
         self._replay_reports(worker, task_id, reports)
         self._fields.pop(task_id, None)
         self._log_finish(task_id)
+        if self._record is not None and len(ran) == 2:
+            self._record.ran(task_id, ran[0], ran[1])
         now = self._clock()
         stop = finished_at(reports)  # by the wall clock, which the worker shares
         ended = None if stop is None else now - max(0.0, time.time() - stop)

@@ -44,7 +44,7 @@ from .settings import AUTO_KEY, Settings, has_xdist, numprocesses, owns_n
 from .sharding import Shard, ShardTest, split
 from .statemachine import HOST_RETRY_FIRST, HOST_RETRY_MAX
 from .taskstate import LocalTaskStates
-from .views import PlanView
+from .views import PlanView, RunViews
 
 __all__ = [
     "FAILFAST_REASON",
@@ -84,6 +84,10 @@ PLAN_DESC: Final = (
     "with -n workers, and the bottleneck; run nothing"
 )
 PLAN_JSON_DESC: Final = "As --plan, as one JSON document on stdout (the terminal's output goes to stderr)"
+TIMELINE_DESC: Final = (
+    "Write the run to FILE as a Chrome trace (open it in ui.perfetto.dev or chrome://tracing): "
+    "each test on its worker, waits for resources, how much of each resource is held"
+)
 DURATIONS_FILE_DESC: Final = (
     "Read and write test durations in this JSON file (pytest-split's .test_durations form) instead of the cache"
 )
@@ -113,6 +117,7 @@ SPACE_FORM: Final = (
 #: first look at the command line (before plugins load) sees VALUE as a test path.
 VALUE_OPTIONS: Final = (
     "--durations-file",
+    "--timeline",
     "--lock-dir",
     "--shard",
     "--task-timeout",
@@ -183,6 +188,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--shard-plan", dest="shard_plan", action="store_true", default=False, help=SHARD_PLAN_DESC)
     group.addoption("--plan", dest="plan", action="store_true", default=False, help=PLAN_DESC)
     group.addoption("--plan-json", dest="plan_json", action="store_true", default=False, help=PLAN_JSON_DESC)
+    group.addoption("--timeline", dest="timeline", metavar="FILE", default=None, help=TIMELINE_DESC)
     group.addoption("--durations-file", dest="durations_file", metavar="FILE", default=None, help=DURATIONS_FILE_DESC)
     parser.addini("restask_resources", RESOURCES_DESC, type="linelist", default=[])
     parser.addini("restask_fixtures", FIXTURES_DESC, type="linelist", default=[])
@@ -362,6 +368,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.shard is not None:
         config.pluginmanager.register(ShardSelection(config, settings, recorder.durations), "restask.shard")
     config.pluginmanager.register(LocalRun(config, settings), "restask.local")
+    views = RunViews(config, settings, recorder)
+    config.pluginmanager.register(views, "restask.views")
     if settings.plan is not None:
         config.pluginmanager.register(PlanView(config, settings, recorder.durations), "restask.plan")
     if not settings.workers:
@@ -389,7 +397,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.set_blocked(name)
     from .controller import Controller
 
-    config.pluginmanager.register(Controller(config, settings, recorder.durations), "restask.controller")
+    controller = Controller(config, settings, recorder.durations, views=views)
+    config.pluginmanager.register(controller, "restask.controller")
 
 
 def _register_host_capacities(config: pytest.Config, settings: Settings) -> None:

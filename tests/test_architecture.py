@@ -51,7 +51,10 @@ def test_no_import_circle() -> None:
     assert cycles == []
 
 
-@pytest.mark.parametrize("module", ["resources", "statemachine", "events", "sharding", "messages", "plan"])
+@pytest.mark.parametrize(
+    "module",
+    ["resources", "statemachine", "events", "sharding", "messages", "plan", "record", "timeline", "contention"],
+)
 def test_the_pure_core_imports_neither_pytest_nor_execnet(module: str) -> None:
     graph = imports()
     reached, todo = set(), [module]
