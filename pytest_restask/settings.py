@@ -30,6 +30,7 @@ __all__ = [
     "AUTO_KEY",
     "CAPACITY_HOOK_ANSWER",
     "SHARD_PLAN_NEEDS_SHARD",
+    "TIMELINE_NO_DIRECTORY",
     "Settings",
     "has_xdist",
     "numprocesses",
@@ -37,6 +38,9 @@ __all__ = [
     "settings_of",
 ]
 
+TIMELINE_NO_DIRECTORY: Final = (
+    "--timeline={value}: the directory {directory} does not exist; create it, or name a file in one that does"
+)
 SHARD_PLAN_NEEDS_SHARD: Final = "--shard-plan needs --shard K/N, to know N (K marks the shard listed)"
 CAPACITY_HOOK_ANSWER: Final = (
     "pytest_restask_capacities of {plugin} returned {value!r} for {name!r}; "
@@ -196,8 +200,15 @@ def _plan(config: pytest.Config) -> str | None:
 
 
 def _timeline(config: pytest.Config) -> Path | None:
+    """Return the ``--timeline`` path; stop now when its directory is missing,
+    rather than after a long run that could not write it."""
     value = config.getoption("timeline", None)
-    return None if not value else config.invocation_params.dir / value
+    if not value:
+        return None
+    path: Path = config.invocation_params.dir / value
+    if not path.parent.is_dir():
+        raise pytest.UsageError(TIMELINE_NO_DIRECTORY.format(value=value, directory=path.parent))
+    return path
 
 
 def _shard_wanted(config: pytest.Config) -> tuple[int, int] | None:

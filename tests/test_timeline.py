@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from pytest_restask.settings import TIMELINE_NO_DIRECTORY
+
 from .processes import start_pytest
 from .runs import RUN, run
 from .traces import LOGGING_CONFTEST, logged, problems, read, slices
@@ -186,9 +188,18 @@ def test_the_timeline_is_written_when_the_run_is_interrupted(pytester: pytest.Py
     assert problems(trace, nodeids, logged(pytester.path), {}) == []
 
 
-def test_a_timeline_that_cannot_be_written_is_said_and_the_run_goes_on(pytester: pytest.Pytester) -> None:
+def test_a_timeline_in_a_missing_directory_is_refused_before_the_run(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_a="def test_one(): pass\n")
     result = run(pytester, "-n", "1", "--timeline=missing/trace.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    expected = TIMELINE_NO_DIRECTORY.format(value="missing/trace.json", directory=pytester.path / "missing")
+    assert expected in result.stderr.str()
+
+
+def test_a_timeline_that_cannot_be_written_is_said_and_the_run_goes_on(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a="def test_one(): pass\n")
+    (pytester.path / "taken").mkdir()  # a directory where the file should go
+    result = run(pytester, "-n", "1", "--timeline=taken")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["restask: could not write the timeline to *missing*trace.json*"])
+    result.stdout.fnmatch_lines(["restask: could not write the timeline to *taken: *"])
     result.stdout.no_fnmatch_line("*Traceback*")
