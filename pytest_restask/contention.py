@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, final
 
-from .plan import Term, bound_terms
+from .plan import Term, bound_terms, table
 from .record import SERIAL_TRACK, WORKERS_WAIT, RunRecord
 from .resources import Requirement
 
@@ -138,8 +138,7 @@ def contention_lines(report: Contention, everything: bool = False) -> list[str]:
         rows.append([row.name, str(row.tests), f"{row.busy:.2f} s", str(row.held_back), f"{row.waited:.2f} s", worst])
     room = len(rows) if everything else SHORT_LINES - len(lines)
     shown = rows if len(rows) <= room else rows[: room - 1]
-    widths = [max(len(row[column]) for row in shown) for column in range(len(shown[0]))]
-    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in shown)
+    lines.extend(table(shown))
     if len(shown) < len(rows):
         lines.append(f"... and {len(rows) - len(shown)} more resources (-v shows all)")
     return lines

@@ -37,6 +37,7 @@ __all__ = [
     "bound_terms",
     "make_plan",
     "plan_lines",
+    "table",
 ]
 
 #: The scope of a resource: one copy per run, one for all ``--shard`` jobs,
@@ -251,8 +252,7 @@ def plan_lines(plan: Plan, all_terms: bool = False) -> list[str]:
                 f"{_tests(use.tests[mode])}, {use.seconds[mode]:.2f} s" if use.tests[mode] else "-" for mode in _MODES
             ]
             rows.append([use.name, str(use.capacity), use.scope, *cells])
-        widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-        lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+        lines.extend(table(rows))
     if plan.serial_tests:
         lines.append(f"serial: {_tests(plan.serial_tests)}, {plan.serial_seconds:.2f} s")
     if plan.bottleneck is not None:
@@ -272,6 +272,12 @@ def plan_lines(plan: Plan, all_terms: bool = False) -> list[str]:
 
 
 # Implementation
+
+
+def table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Return rows of cells as lines of left-aligned columns, two spaces apart."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 def _tests(count: int) -> str:
