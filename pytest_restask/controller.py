@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import queue
-import signal
 import sys
 import time
 import uuid
@@ -40,6 +39,7 @@ from .declarations import declaration_error, declaration_of, once_definitions
 from .durations import Durations
 from .events import Observer, Observers
 from .hostlocks import WAITED_WORD, HostWaits, WriterIntents, waits_line
+from .interrupts import interrupt_on_sigterm
 from .messages import (
     CAPACITIES_KEY,
     LOCK_DIR_KEY,
@@ -273,7 +273,7 @@ class Controller:
         self._session = session
         completed = False
         # a CI job cancelled with SIGTERM ends like Ctrl-C: workers ended, a summary, exit 2
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        restore_sigterm = interrupt_on_sigterm()
         try:
             with self._paced_terminal():
                 self._loop(session, machine, spawner)
@@ -283,7 +283,7 @@ class Controller:
             completed = True
             heap.freeze(self._config)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            restore_sigterm()
             if self._record is not None:
                 self._record.close()
             if self._intents is not None:
@@ -869,10 +869,6 @@ def _times(workers: list[str]) -> str:
     """Say which workers, and how often each: "gw0 (2 times), gw1", "gw1 (3 times)"."""
     counts = collections.Counter(workers)
     return ", ".join(name if n == 1 else f"{name} ({n} times)" for name, n in sorted(counts.items()))
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
 
 
 def _rebuild_warning(module: str, name: str, text: str) -> Warning:

@@ -135,6 +135,10 @@ NOT_APPLY_TIMEOUT_MARKER: Final = (
     "or with pytest-timeout installed; it is ignored here"
 )
 
+TIMELINE_UNDER_XDIST: Final = (
+    "--timeline records restask's runs (-p restask with -n N, or no -n); pytest-xdist runs this one, "
+    "so no timeline is written: name -p restask to let restask run -n"
+)
 HOST_WAITING: Final = (
     "restask: {nodeid} waits for host lock {resource!r}, held by another run (lock directory {directory})"
 )
@@ -368,7 +372,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.shard is not None:
         config.pluginmanager.register(ShardSelection(config, settings, recorder.durations), "restask.shard")
     config.pluginmanager.register(LocalRun(config, settings), "restask.local")
-    views = RunViews(config, settings, recorder)
+    xdist_runs = _xdist_distributes(config)
+    if xdist_runs and settings.timeline is not None:
+        config.issue_config_time_warning(pytest.PytestConfigWarning(TIMELINE_UNDER_XDIST), stacklevel=2)
+    views = RunViews(config, settings, recorder, record_here=not xdist_runs)
     config.pluginmanager.register(views, "restask.views")
     if settings.plan is not None:
         config.pluginmanager.register(PlanView(config, settings, recorder.durations), "restask.plan")

@@ -30,6 +30,7 @@ from .declarations import declaration_error, requirement_of
 from .durations import Durations, DurationsRecorder
 from .events import Reason, TaskChanged, TaskState, WorkerChanged, WorkerPhase
 from .holds import SLOTS_KEY
+from .interrupts import interrupt_on_sigterm
 from .plan import Plan, PlanTest, make_plan, plan_lines
 from .record import RunRecord
 from .resources import NOTHING, Grant, LockTable, Requirement, ResourceError
@@ -110,8 +111,12 @@ def _terminal_to_stderr(config: pytest.Config) -> None:
 class RunViews:
     """The contention report and the timeline of a run; see the module docstring."""
 
-    def __init__(self, config: pytest.Config, settings: Settings, recorder: DurationsRecorder) -> None:
+    def __init__(
+        self, config: pytest.Config, settings: Settings, recorder: DurationsRecorder, record_here: bool = True
+    ) -> None:
         self._config = config
+        #: Whether this process's runs are restask's to record (not where pytest-xdist distributes).
+        self._record_here = record_here
         self._settings = settings
         self._recorder = recorder
         #: The run's record (None: nothing to show, or the run has not begun).
@@ -126,6 +131,8 @@ class RunViews:
         self._running: tuple[int, pytest.Item] | None = None
         #: What became of the --timeline, to say in the summary.
         self._written = ""
+        #: Puts SIGTERM's handler back (an in-process run that records turns it into Ctrl-C).
+        self._restore: Callable[[], None] = _nothing
 
     def record_for(
         self, requirements: Mapping[int, Requirement], workers: int, outcome: Callable[[int], str]
@@ -144,7 +151,10 @@ class RunViews:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if self._settings.workers or self._settings.timeline is None or self._config.option.collectonly:
             return
+        if not self._record_here:
+            return
         self.record = RunRecord(time.monotonic)
+        self._restore = interrupt_on_sigterm()  # a cancelled CI job still writes the timeline
         self._ids = {id(item): index for index, item in enumerate(session.items)}
         self._outcome = self._outcomes.word
         self.record.worker_changed(WorkerChanged(time.monotonic(), LOCAL_WORKER, WorkerPhase.STARTING))
@@ -158,12 +168,14 @@ class RunViews:
         record.task_changed(TaskChanged(start, task_id, item.nodeid, TaskState.STARTED, LOCAL_WORKER, grant=NOTHING))
         self._running = (task_id, item)
         try:
-            return (yield)
+            result = yield
         finally:
             self._running = None
-            end = time.monotonic()
-            record.ran(task_id, start, end)
-            record.task_changed(TaskChanged(end, task_id, item.nodeid, TaskState.FINISHED, reason=Reason.COMPLETED))
+        # not reached when the run is interrupted: the test stays open, and the trace says so
+        end = time.monotonic()
+        record.ran(task_id, start, end)
+        record.task_changed(TaskChanged(end, task_id, item.nodeid, TaskState.FINISHED, reason=Reason.COMPLETED))
+        return result
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self._running is None or self.record is None:
@@ -195,9 +207,12 @@ class RunViews:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self) -> None:
+        self._restore()
         path, record = self._settings.timeline, self.record
-        if path is None or record is None:
+        if path is None or self._config.option.collectonly or not self._record_here:
             return
+        if record is None:  # no test ran (an error in collection): an empty trace, as asked
+            record = RunRecord(time.monotonic)
         record.close()
         try:
             write_trace(path, trace(record, self._outcome))
@@ -205,6 +220,10 @@ class RunViews:
             self._written = TIMELINE_NOT_WRITTEN.format(path=path, error=e.strerror or e)
         else:
             self._written = TIMELINE_WRITTEN.format(path=path)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _passed(task_id: int) -> str:

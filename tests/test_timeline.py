@@ -159,8 +159,17 @@ def test_the_timeline_is_written_when_the_run_stops_at_failfast(pytester: pytest
     assert [(s.name, s.args["outcome"]) for s in tests] == [("test_a.py::test_fails", "failed")]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_the_timeline_is_written_when_the_run_is_interrupted(pytester: pytest.Pytester, signum: int) -> None:
+@pytest.mark.parametrize(
+    ("signum", "workers"),
+    [
+        pytest.param(signal.SIGINT, "2", id="SIGINT"),
+        pytest.param(signal.SIGTERM, "2", id="SIGTERM"),
+        pytest.param(signal.SIGTERM, "0", id="SIGTERM in process"),
+    ],
+)
+def test_the_timeline_is_written_when_the_run_is_interrupted(
+    pytester: pytest.Pytester, signum: int, workers: str
+) -> None:
     pytester.makeconftest(LOGGING_CONFTEST)
     pytester.makepyfile(
         test_a="""
@@ -173,7 +182,7 @@ def test_the_timeline_is_written_when_the_run_is_interrupted(pytester: pytest.Py
             time.sleep(60)
         """
     )
-    process = start_pytest(pytester, *RUN, "-n", "2", "--timeline=trace.json")
+    process = start_pytest(pytester, *RUN, "-n", workers, "--timeline=trace.json", "-p", "no:randomly")
     deadline = time.monotonic() + 60
     while not (pytester.path / "started").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -203,3 +212,19 @@ def test_a_timeline_that_cannot_be_written_is_said_and_the_run_goes_on(pytester:
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["restask: could not write the timeline to *taken: *"])
     result.stdout.no_fnmatch_line("*Traceback*")
+
+
+def test_a_run_that_fails_to_collect_still_writes_a_timeline(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a="def test_one(:\n")
+    result = run(pytester, "-n", "2", "--timeline=trace.json")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert slices(read(pytester.path / "trace.json")) == []
+
+
+def test_where_pytest_xdist_runs_n_no_timeline_is_written_and_it_says_so(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_a="def test_one(): pass\n")
+    result = pytester.runpytest_subprocess("-n", "2", "--timeline=trace.json", timeout=120)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*--timeline records restask's runs*name -p restask*"])
+    assert not (pytester.path / "trace.json").exists()
