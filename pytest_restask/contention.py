@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, final
 
+from .events import Reason
 from .plan import Term, bound_terms, table
 from .record import SERIAL_TRACK, WORKERS_WAIT, RunRecord
 from .resources import Requirement
@@ -59,6 +60,8 @@ class Contention:
     workers: int
     #: The tests' seconds on the workers / (span x workers).
     utilisation: float
+    #: Seconds from the run's start to its first test's (the workers' start-up).
+    first_test: float
     terms: list[Term]
     #: Largest total wait first.
     resources: list[ResourceContention]
@@ -77,14 +80,22 @@ def contention(
     capacities: Mapping[str, int],
 ) -> Contention:
     """Return the contention of a run on ``workers`` workers; ``measured``
-    and ``requirements`` by task id (the tests that did not run are left out)."""
+    and ``requirements`` by task id (the tests that did not run are left out).
+
+    A test that crashed, timed out or was still running when the run was
+    interrupted counts in the bound with its time on the worker (its reports
+    measured less, or nothing)."""
     began = record.began if record.began is not None else 0.0
     end = record.closed if record.closed is not None else began
     held: dict[str, list[tuple[float, float]]] = defaultdict(list)
     holders: dict[str, set[int]] = defaultdict(set)
-    worked = 0.0
+    worked, first = 0.0, end
+    work = dict(measured)
     for task, attempt, start, stop in record.slices():
         worked += stop - start
+        first = min(first, start)
+        if attempt.end is None or attempt.reason in (Reason.CRASHED, Reason.TIMEOUT):
+            work[task.task_id] = max(work.get(task.task_id, 0.0), stop - start)
         names = [request.name for request in attempt.grant.requirement.requests]
         if attempt.grant.requirement.serial:
             names.append(SERIAL_TRACK)
@@ -94,7 +105,7 @@ def contention(
     waited: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
     for task in record.tasks.values():
         for wait in task.waits:
-            for name, seconds in record.shares(wait, end):
+            for name, seconds in record.shares(task, wait):
                 if name != WORKERS_WAIT:
                     waited[name][task.task_id] += seconds
     rows = []
@@ -115,11 +126,11 @@ def contention(
     rows.sort(key=lambda row: (-row.waited, -row.busy, row.name))
     span = max(end - began, 1e-9)
     terms = bound_terms(
-        ((seconds, requirements[task_id]) for task_id, seconds in measured.items() if task_id in requirements),
+        ((value, requirements[task_id]) for task_id, value in work.items() if task_id in requirements),
         workers,
         capacities,
     )
-    return Contention(span, workers, worked / (span * workers), terms, rows)
+    return Contention(span, workers, worked / (span * workers), max(first - began, 0.0), terms, rows)
 
 
 def contention_lines(report: Contention, everything: bool = False) -> list[str]:
@@ -128,14 +139,16 @@ def contention_lines(report: Contention, everything: bool = False) -> list[str]:
     bound = report.bound
     ratio = report.span / bound if bound > 0 else 0.0
     bottleneck = report.terms[0].name if report.terms else "-"
+    workers = "1 worker" if report.workers == 1 else f"{report.workers} workers"
     lines = [
-        f"span {report.span:.2f} s, lower bound {bound:.2f} s (bottleneck: {bottleneck}), "
-        f"span/bound {ratio:.2f}; {report.workers} workers {report.utilisation:.0%} busy"
+        f"span {report.span:.2f} s (first test at {report.first_test:.2f} s), lower bound {bound:.2f} s "
+        f"(bottleneck: {bottleneck}), span/bound {ratio:.2f}; {workers} {report.utilisation:.0%} busy"
     ]
     rows = [["resource", "tests", "busy", "held back", "waited", "worst wait"]]
     for row in report.resources:
         worst = f"{row.worst:.2f} s {row.worst_test}" if row.held_back else "-"
-        rows.append([row.name, str(row.tests), f"{row.busy:.2f} s", str(row.held_back), f"{row.waited:.2f} s", worst])
+        tests, busy = (str(row.tests), f"{row.busy:.2f} s") if row.tests else ("-", "-")
+        rows.append([row.name, tests, busy, str(row.held_back), f"{row.waited:.2f} s", worst])
     room = len(rows) if everything else SHORT_LINES - len(lines)
     shown = rows if len(rows) <= room else rows[: room - 1]
     lines.extend(table(shown))

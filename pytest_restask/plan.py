@@ -8,6 +8,7 @@ largest of these terms (:func:`bound_terms`):
 
 * ``workers`` -- all work / W;
 * ``serial`` -- the serial tests' work (each runs alone) + the rest / W;
+* ``longest test`` -- no test is shared between workers;
 * ``R`` -- per resource R: the work of its exclusive users (one at a time,
   nothing else on R beside them) + its shared users' work / W;
 * ``R slots`` -- per counted resource R: the sum of slots x work over its
@@ -45,8 +46,9 @@ __all__ = [
 PLAN_SCOPES: Final = ("run", "global", "host")
 #: The term of all work over the workers.
 WORKERS: Final = "workers"
-#: The term of the serial tests.
+#: The term of the serial tests, and of the longest test.
 SERIAL: Final = "serial"
+LONGEST: Final = "longest test"
 #: Terms shown by :func:`plan_lines` unless all are asked for.
 SHOWN_TERMS: Final = 5
 #: The modes, as the plan names them.
@@ -70,7 +72,7 @@ class PlanTest:
 @dataclass(frozen=True, slots=True)
 class Term:
     """One lower bound: its name (see the module docstring), its kind
-    (``workers``, ``serial``, ``resource``, ``slots``, ``pair``), the resources
+    (``workers``, ``serial``, ``test``, ``resource``, ``slots``, ``pair``), the resources
     it is about, and its seconds."""
 
     name: str
@@ -160,13 +162,14 @@ def bound_terms(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     capacities = capacities or {}
-    work = serial = 0.0
+    work = serial = longest = 0.0
     exclusive: dict[str, float] = {}
     shared: dict[str, float] = {}
     slot_seconds: dict[str, float] = {}
     pairs: dict[tuple[str, str], float] = {}
     for seconds, requirement in tests:
         work += seconds
+        longest = max(longest, seconds)
         if requirement.serial:
             serial += seconds
         held = _strongest(requirement)
@@ -186,6 +189,7 @@ def bound_terms(
     terms = [Term(WORKERS, "workers", (), work / workers)]
     if serial:
         terms.append(Term(SERIAL, "serial", (), serial + (work - serial) / workers))
+    terms.append(Term(LONGEST, "test", (), longest))
     for name in sorted(exclusive.keys() | shared.keys()):
         value = exclusive.get(name, 0.0) + shared.get(name, 0.0) / workers
         terms.append(Term(name, "resource", (name,), value))
@@ -212,7 +216,9 @@ def make_plan(
     ``never_granted`` are the tests that fail at setup instead (a bad
     declaration, an impossible request): they are listed, not counted.
     """
-    scopes = {name: "global" for name in global_resources} | {name: "host" for name in host_resources}
+    scopes = {name: "global" for name in global_resources}
+    for name in host_resources:
+        scopes[name] = "global host" if name in scopes else "host"
     uses: dict[str, ResourceUse] = {}
     for test in tests:
         for name, (mode, slots) in _strongest(test.requirement).items():
@@ -231,9 +237,9 @@ def make_plan(
         tests=len(tests),
         estimated=len(estimated),
         estimate=estimated[0].seconds if estimated else 0.0,
-        work=sum(test.seconds for test in tests),
+        work=sum((test.seconds for test in tests), 0.0),
         serial_tests=len(serial),
-        serial_seconds=sum(test.seconds for test in serial),
+        serial_seconds=sum((test.seconds for test in serial), 0.0),
         resources=[uses[name] for name in sorted(uses)],
         terms=bound_terms(((test.seconds, test.requirement) for test in tests), workers, capacities),
         never_granted=list(never_granted),
@@ -255,7 +261,7 @@ def plan_lines(plan: Plan, all_terms: bool = False) -> list[str]:
         lines.extend(table(rows))
     if plan.serial_tests:
         lines.append(f"serial: {_tests(plan.serial_tests)}, {plan.serial_seconds:.2f} s")
-    if plan.bottleneck is not None:
+    if plan.bottleneck is not None and plan.tests:
         bottleneck = plan.bottleneck.name
         lines.append(f"lower bound: {plan.bound:.2f} s with {plan.workers} worker(s); bottleneck: {bottleneck}")
         shown = plan.terms if all_terms else plan.terms[:SHOWN_TERMS]

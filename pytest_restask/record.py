@@ -16,7 +16,9 @@ Pure: imports neither pytest nor execnet.  All times are the host's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import bisect
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final, final
 
@@ -31,7 +33,7 @@ from .events import (
     WorkerChanged,
     WorkerPhase,
 )
-from .resources import NOTHING, Grant
+from .resources import DEFAULT_CAPACITY, NOTHING, Grant, Mode, Request, Requirement
 
 __all__ = ["SERIAL_TRACK", "WORKERS_WAIT", "Attempt", "RunRecord", "TaskRecord", "Wait", "WorkerEvent", "blocked_by"]
 
@@ -100,8 +102,19 @@ def blocked_by(blocker: Blocker) -> str:
 class RunRecord:
     """The record of a run; see the module docstring."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        capacities: Mapping[str, int] | None = None,
+        requirements: Mapping[int, Requirement] | None = None,
+    ) -> None:
         self._clock = clock
+        #: What each task needs, for the waits of tasks that never started.
+        self._requirements: Mapping[int, Requirement] = requirements or {}
+        #: The capacities of counted resources (for when a counted request had no room).
+        self._capacities: Mapping[str, int] = capacities or {}
+        #: What the slices say, once read (see :meth:`_reading`).
+        self._read: _Reading | None = None
         #: When the run began (its first event) and ended (:meth:`close`).
         self.began: float | None = None
         self.closed: float | None = None
@@ -162,25 +175,69 @@ class RunRecord:
 
     # -- reading ------------------------------------------------------------------
 
-    def shares(self, wait: Wait, end: float) -> Iterator[tuple[str, float]]:
-        """Yield what held a waiting task back and for how long, up to ``end``
-        (or the wait's end).
+    def wait_end(self, task: TaskRecord, wait: Wait) -> float:
+        """Return when a wait ended: when the test that followed it began on
+        its worker (later than the machine handed it over, for a test sent
+        ahead or handed over), else when the machine started it, else now."""
+        if wait.until is not None:
+            return self._reading().starts.get((task.task_id, wait.until), wait.until)
+        return self.closed if self.closed is not None else self._clock()
 
-        Each blocker counts from when the machine told it until the next one,
-        or until it let go: the holder finished, the task whose claim came
-        first started.  The machine tells a blocker when it looks at the
-        task, and looks only when a worker is free; the rest of a wait (no
-        blocker, or one that let go) is charged to :data:`WORKERS_WAIT`.
+    def shares(self, task: TaskRecord, wait: Wait) -> list[tuple[str, float]]:
+        """Return what held a waiting task back, and for how long, in order.
+
+        Each instant of the wait (:meth:`wait_end`) is charged to one cause:
+
+        1. the blocker the machine told (a resource another test held, a
+           serial test, the claim of a test waiting before it on the same
+           resource, an ``@once`` fixture being set up, another run), from when
+           it told it until the next one, or until it let go (the holder
+           finished, the claim's test started);
+        2. else a resource the task needs that another test held in a
+           conflicting way (a serial test first), by the tests' slices: the
+           machine looks at a ready task only when a worker is free, so
+           a task handed over when the one before it ended was never told blocked;
+        3. else :data:`WORKERS_WAIT`: it waited for a free worker.
         """
-        stop = end if wait.until is None else wait.until
-        marks = [(wait.since, None), *wait.blockers]
-        for index, (begin, blocker) in enumerate(marks):
-            finish = marks[index + 1][0] if index + 1 < len(marks) else stop
-            let_go = finish if blocker is None else min(finish, self._lets_go(blocker, begin, finish))
-            if let_go > begin:
-                yield (WORKERS_WAIT if blocker is None else blocked_by(blocker)), let_go - begin
-            if finish > max(let_go, begin):
-                yield WORKERS_WAIT, finish - max(let_go, begin)
+        end = self.wait_end(task, wait)
+        charged: dict[str, float] = {}
+        uncovered: list[tuple[float, float]] = []
+        cursor = wait.since
+        for index, (told, blocker) in enumerate(wait.blockers):
+            told = max(told, cursor)
+            following = wait.blockers[index + 1][0] if index + 1 < len(wait.blockers) else end
+            finish = max(told, min(following, end))
+            let_go = min(finish, self._lets_go(blocker, told, finish))
+            if told > cursor:
+                uncovered.append((cursor, told))
+            if let_go > told:
+                cause = blocked_by(blocker)
+                charged[cause] = charged.get(cause, 0.0) + let_go - told
+            cursor = max(told, let_go)
+        if end > cursor:
+            uncovered.append((cursor, end))
+        attempt = next((a for a in task.attempts if a.assigned == wait.until), None)
+        requirement = attempt.grant.requirement if attempt is not None else self._requirements.get(task.task_id)
+        for cause, held in self._conflicts(requirement):
+            pieces = [piece for a, b in uncovered for piece in _intersect(held, a, b)]
+            seconds = sum(b - a for a, b in pieces)
+            if seconds > 0:
+                charged[cause] = charged.get(cause, 0.0) + seconds
+                uncovered = _subtract(uncovered, pieces)
+        rest = sum(b - a for a, b in uncovered)
+        if rest > 0:
+            charged[WORKERS_WAIT] = charged.get(WORKERS_WAIT, 0.0) + rest
+        return list(charged.items())
+
+    def _conflicts(self, requirement: Requirement | None) -> Iterator[tuple[str, list[tuple[float, float]]]]:
+        """Yield each cause that can hold back a task that needs ``requirement``
+        (serial first, then its resources by name), with when other tests held it so."""
+        if requirement is None:
+            return
+        reading = self._reading()
+        yield SERIAL_TRACK, reading.anything if requirement.serial else reading.serial
+        for request in sorted(requirement.requests, key=lambda r: r.name):
+            yield request.name, reading.conflicting(request, self._capacities.get(request.name, DEFAULT_CAPACITY))
 
     def _lets_go(self, blocker: Blocker, since: float, limit: float) -> float:
         """Return when a blocker told at ``since`` stopped holding back (at most ``limit``)."""
@@ -193,6 +250,12 @@ class RunRecord:
             if not blocker.claim and attempt.assigned <= since and (attempt.ended is None or attempt.ended >= since):
                 return limit if attempt.ended is None else attempt.ended
         return limit
+
+    def _reading(self) -> _Reading:
+        """Return what the slices say, worked out once the run is closed."""
+        if self._read is None or self.closed is None:
+            self._read = _Reading(list(self.slices()))
+        return self._read
 
     def slices(self) -> Iterator[tuple[TaskRecord, Attempt, float, float]]:
         """Yield every attempt that began, with when it ran on its worker.
@@ -219,3 +282,98 @@ class RunRecord:
                 end = max(start, attempt.ended if attempt.ended is not None else end_of_run)
             free_from[attempt.worker] = max(free_from.get(attempt.worker, end), end)
             yield task, attempt, start, end
+
+
+# Implementation
+
+
+@final
+class _Reading:
+    """The slices of a run, indexed for the questions :meth:`RunRecord.shares` asks."""
+
+    def __init__(self, slices: list[tuple[TaskRecord, Attempt, float, float]]) -> None:
+        #: When each attempt began on its worker, by (task id, when it was handed over).
+        self.starts = {(task.task_id, attempt.assigned): start for task, attempt, start, _ in slices}
+        #: When any test ran, and when a serial one did.
+        self.anything = _merged((start, end) for _, _, start, end in slices)
+        self.serial = _merged((start, end) for _, a, start, end in slices if a.grant.requirement.serial)
+        #: Each resource's holds: (start, end, mode, slots held).
+        self._holds: dict[str, list[tuple[float, float, Mode, int]]] = {}
+        for _, attempt, start, end in slices:
+            for request in attempt.grant.requirement.requests:
+                slots = len(attempt.grant.slots.get(request.name, ())) or request.slots
+                self._holds.setdefault(request.name, []).append((start, end, request.mode, slots))
+        self._conflicting: dict[tuple[str, Mode, int], list[tuple[float, float]]] = {}
+
+    def conflicting(self, request: Request, capacity: int) -> list[tuple[float, float]]:
+        """Return when other tests held ``request``'s resource in a way that keeps it from being granted."""
+        key = (request.name, request.mode, request.slots)
+        known = self._conflicting.get(key)
+        if known is not None:
+            return known
+        holds = self._holds.get(request.name, [])
+        if request.mode is Mode.EXCLUSIVE:
+            spans = [(start, end) for start, end, _, _ in holds]
+        elif request.mode is Mode.SHARED:
+            spans = [(start, end) for start, end, mode, _ in holds if mode is not Mode.SHARED]
+        else:
+            spans = [(start, end) for start, end, mode, _ in holds if mode is not Mode.COUNTED]
+            counted = [(start, end, slots) for start, end, mode, slots in holds if mode is Mode.COUNTED]
+            spans.extend(_above(counted, capacity - request.slots))
+        merged = self._conflicting[key] = _merged(spans)
+        return merged
+
+
+def _merged(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Return the union of intervals as sorted, disjoint intervals."""
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if end <= start:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _intersect(merged: list[tuple[float, float]], start: float, end: float) -> list[tuple[float, float]]:
+    """Return the parts of sorted, disjoint intervals inside [start, end]."""
+    index = max(bisect.bisect_right(merged, (start, math.inf)) - 1, 0)
+    pieces = []
+    while index < len(merged) and merged[index][0] < end:
+        a, b = max(merged[index][0], start), min(merged[index][1], end)
+        if b > a:
+            pieces.append((a, b))
+        index += 1
+    return pieces
+
+
+def _subtract(spans: list[tuple[float, float]], pieces: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Return sorted, disjoint ``spans`` without the parts in ``pieces`` (which lie inside them)."""
+    rest = []
+    for start, end in spans:
+        cursor = start
+        for a, b in pieces:
+            if b <= start or a >= end:
+                continue
+            if a > cursor:
+                rest.append((cursor, a))
+            cursor = max(cursor, b)
+        if end > cursor:
+            rest.append((cursor, end))
+    return rest
+
+
+def _above(holds: list[tuple[float, float, int]], room: int) -> list[tuple[float, float]]:
+    """Return when the slots held add up to more than ``room``."""
+    changes = sorted([(start, 1, slots) for start, _, slots in holds] + [(end, 0, -slots) for _, end, slots in holds])
+    spans, held, since = [], 0, 0.0
+    for time, _, amount in changes:
+        before = held
+        held += amount
+        if before <= room < held:
+            since = time
+        elif held <= room < before:
+            spans.append((since, time))
+    return spans

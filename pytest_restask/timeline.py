@@ -24,8 +24,6 @@ Pure: imports neither pytest nor execnet.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -40,8 +38,9 @@ __all__ = ["RESOURCES_PID", "WORKERS_PID", "trace", "write_trace"]
 #: The trace's two processes.
 WORKERS_PID: Final = 1
 RESOURCES_PID: Final = 2
-#: The series of a resource's counter, by the mode of its holders.
+#: The series of a resource's counter, by the mode of its holders, and the modes as a slice names them.
 SERIES: Final = {Mode.EXCLUSIVE: "exclusive", Mode.SHARED: "shared", Mode.COUNTED: "slots"}
+MODES: Final = {Mode.EXCLUSIVE: "exclusive", Mode.SHARED: "shared", Mode.COUNTED: "counted"}
 #: A test's outcome when its worker died in it, its time ran out, or the run ended first.
 ENDED: Final = {Reason.CRASHED: "crashed", Reason.TIMEOUT: "timed out"}
 INTERRUPTED: Final = "interrupted"
@@ -69,7 +68,6 @@ def trace(record: RunRecord, outcome: Callable[[int], str]) -> dict[str, Any]:
         events.append(_instant(tids[started.worker], f"worker {started.kind}", us(started.time), {}))
     # resources: (time, +1/-1 order, resource, series, amount)
     changes: list[tuple[float, int, str, str, int]] = []
-    began: dict[tuple[int, float], float] = {}
     for task, attempt, start, end in slices:
         if attempt.reason in ENDED:
             word = ENDED[attempt.reason]
@@ -80,7 +78,7 @@ def trace(record: RunRecord, outcome: Callable[[int], str]) -> dict[str, Any]:
         resources = []
         for request in attempt.grant.requirement.requests:
             slots = list(attempt.grant.slots.get(request.name, ()))
-            resources.append({"name": request.name, "mode": SERIES[request.mode], "slots": slots})
+            resources.append({"name": request.name, "mode": MODES[request.mode], "slots": slots})
             amount = len(slots) if request.mode is Mode.COUNTED else 1
             changes.append((start, 1, request.name, SERIES[request.mode], amount))
             changes.append((end, 0, request.name, SERIES[request.mode], -amount))
@@ -101,17 +99,11 @@ def trace(record: RunRecord, outcome: Callable[[int], str]) -> dict[str, Any]:
         )
         if attempt.reason in ENDED and attempt.ended is not None:
             events.append(_instant(tids[attempt.worker], f"{word}: {task.name}", us(attempt.ended), {}))
-        began[task.task_id, attempt.assigned] = start
     wait_id = 0
     for task in record.tasks.values():
         for wait in task.waits:
-            began_at = began.get((task.task_id, wait.until)) if wait.until is not None else None
-            if began_at is None or not wait.blockers:
-                continue
-            start = began_at
-            held: dict[str, float] = defaultdict(float)
-            for name, seconds in record.shares(wait, start):
-                held[name] += seconds
+            start = record.wait_end(task, wait)
+            held = dict(record.shares(task, wait))
             held.pop(WORKERS_WAIT, None)
             if not held or start <= wait.since:
                 continue
@@ -129,15 +121,10 @@ def trace(record: RunRecord, outcome: Callable[[int], str]) -> dict[str, Any]:
 
 
 def write_trace(path: Path, data: Mapping[str, Any]) -> None:
-    """Write a trace atomically (a reader never sees half a file); raises OSError."""
-    handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write a trace to ``path`` as any file is written (through a link, to a
+    device such as /dev/null, with the usual permissions); raises OSError."""
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(data, file)
 
 
 # Implementation

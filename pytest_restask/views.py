@@ -83,14 +83,18 @@ class PlanView:
         # workers: the -n given (the option, since a plan turns -n off), or 1 without it
         self.plan = plan_of_items(session.items, self._settings, self._store, self._settings.shard_workers)
 
-    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if self.plan is None:
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self) -> None:
+        # here, not in the terminal summary: also with -p no:terminal
+        if self.plan is None or self._settings.plan != "json":
             return
-        if self._settings.plan == "json":
-            data = self.plan.to_data()
-            data["shard"] = None if self._settings.shard is None else "{}/{}".format(*self._settings.shard)
-            sys.stdout.write(json.dumps(data, indent=2) + "\n")
-            sys.stdout.flush()
+        data = self.plan.to_data()
+        data["shard"] = None if self._settings.shard is None else "{}/{}".format(*self._settings.shard)
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        sys.stdout.flush()
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.plan is None or self._settings.plan != "text":
             return
         terminalreporter.write_sep("=", PLAN_TITLE)
         for line in plan_lines(self.plan, all_terms=self._config.get_verbosity() > 0):
@@ -141,7 +145,7 @@ class RunViews:
         with ``--timeline``, or when some test needs a resource or runs alone."""
         if self._settings.timeline is None and all(r.is_free for r in requirements.values()):
             return None
-        self.record = RunRecord(time.monotonic)
+        self.record = RunRecord(time.monotonic, self._settings.capacities, requirements)
         self._requirements, self._workers, self._outcome = requirements, workers, outcome
         return self.record
 
@@ -153,7 +157,7 @@ class RunViews:
             return
         if not self._record_here:
             return
-        self.record = RunRecord(time.monotonic)
+        self.record = RunRecord(time.monotonic, self._settings.capacities)
         self._restore = interrupt_on_sigterm()  # a cancelled CI job still writes the timeline
         self._ids = {id(item): index for index, item in enumerate(session.items)}
         self._outcome = self._outcomes.word

@@ -49,7 +49,9 @@ def test_the_figures_of_a_run_made_by_hand() -> None:
     assert (db.name, db.tests, db.busy, db.held_back, db.waited, db.worst) == ("db", 2, 4.0, 1, 2.0, 2.0)
     assert db.worst_test == "t.py::test_2"
     lines = contention_lines(report)
-    assert lines[0] == "span 4.00 s, lower bound 4.00 s (bottleneck: db), span/bound 1.00; 2 workers 62% busy"
+    assert lines[0] == (
+        "span 4.00 s (first test at 0.00 s), lower bound 4.00 s (bottleneck: db), span/bound 1.00; 2 workers 62% busy"
+    )
 
 
 def test_a_wait_is_charged_to_its_blocker_only_while_it_holds_back() -> None:
@@ -63,7 +65,47 @@ def test_a_wait_is_charged_to_its_blocker_only_while_it_holds_back() -> None:
     record.task_changed(changed(2.0, 1, TaskState.FINISHED, worker="gw0", reason=Reason.COMPLETED))
     record.task_changed(changed(3.0, 2, TaskState.STARTED, worker="gw0", grant=Grant(DB)))
     [wait] = record.tasks[2].waits
-    assert list(record.shares(wait, 5.0)) == [("db", 2.0), ("workers", 1.0)]
+    assert record.shares(record.tasks[2], wait) == [("db", 2.0), ("workers", 1.0)]
+
+
+def test_a_wait_the_machine_never_looked_at_is_charged_to_the_hold_in_its_way() -> None:
+    """No worker was free to look at task 2 while task 1 held "db": it was
+    handed over at 1.5 s and began on gw0 at 2 s, when 1 ended there."""
+    record = RunRecord(clock=lambda: 3.0)
+    record.task_changed(changed(0.0, 1, TaskState.READY))
+    record.task_changed(changed(0.0, 2, TaskState.READY))
+    record.task_changed(changed(0.0, 1, TaskState.STARTED, worker="gw0", grant=Grant(DB)))
+    record.task_changed(changed(1.5, 2, TaskState.STARTED, worker="gw0", grant=Grant(DB)))
+    record.ran(1, 0.0, 2.0)
+    record.task_changed(changed(2.0, 1, TaskState.FINISHED, worker="gw0", reason=Reason.COMPLETED))
+    record.ran(2, 2.0, 3.0)
+    record.task_changed(changed(3.0, 2, TaskState.FINISHED, worker="gw0", reason=Reason.COMPLETED))
+    record.close()
+    task = record.tasks[2]
+    assert record.wait_end(task, task.waits[0]) == 2.0  # when it began, not when it was handed over
+    assert record.shares(task, task.waits[0]) == [("db", 2.0)]
+
+
+@pytest.mark.parametrize(("slots", "charged"), [(1, []), (2, [("gpu", 2.0)])])
+def test_a_counted_request_waits_only_while_the_slots_left_are_too_few(
+    slots: int, charged: list[tuple[str, float]]
+) -> None:
+    """gpu has 2 slots and task 1 holds one from 0 to 2 s: task 2 asking for
+    one more could have started; asking for two, it waited for task 1."""
+    gpu = Requirement((Request("gpu", Mode.COUNTED, slots),))
+    record = RunRecord(clock=lambda: 4.0, capacities={"gpu": 2})
+    record.task_changed(changed(0.0, 1, TaskState.READY))
+    record.task_changed(changed(0.0, 2, TaskState.READY))
+    one = Requirement((Request("gpu", Mode.COUNTED, 1),))
+    record.task_changed(changed(0.0, 1, TaskState.STARTED, worker="gw0", grant=Grant(one, {"gpu": (0,)})))
+    record.ran(1, 0.0, 2.0)
+    record.task_changed(changed(2.0, 1, TaskState.FINISHED, worker="gw0", reason=Reason.COMPLETED))
+    record.task_changed(changed(2.0, 2, TaskState.STARTED, worker="gw0", grant=Grant(gpu)))
+    record.ran(2, 2.0, 3.0)
+    record.close()
+    task = record.tasks[2]
+    shares = [(cause, seconds) for cause, seconds in record.shares(task, task.waits[0]) if cause != "workers"]
+    assert shares == charged
 
 
 def test_the_short_report_has_at_most_eight_lines_and_v_shows_all() -> None:
@@ -106,7 +148,7 @@ def test_a_parallel_run_with_resources_shows_the_report(pytester: pytest.Pyteste
     result.stdout.fnmatch_lines(
         [
             f"*{CONTENTION_TITLE}*",
-            "span * s, lower bound * s (bottleneck: db), span/bound *; 2 workers *% busy",
+            "span * s (first test at * s), lower bound * s (bottleneck: db), span/bound *; 2 workers *% busy",
             "resource * tests * busy * held back * waited * worst wait",
             "db * 4 * s * 3 * s * s test_a.py::test_write*",
         ]

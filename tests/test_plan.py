@@ -59,6 +59,7 @@ def example(pytester: pytest.Pytester) -> pytest.Pytester:
 #   db: exclusive 0.9 (the migrations), shared 1.8 (the reports)
 #   gpu (capacity 2): slots x seconds = 4 x 1 x 0.4 + 1 x 2 x 0.4 = 2.4
 #   port-pool (capacity 4): 4 x 1 x 0.2 = 0.8
+#   the longest test: 0.4
 @pytest.mark.parametrize(
     ("workers", "bound", "bottleneck"),
     [
@@ -80,6 +81,7 @@ def test_the_plan_of_the_example_suite(example: pytest.Pytester, workers: int, b
         {
             "workers": 7.8 / workers,
             "serial": 0.3 + 7.5 / workers,
+            "longest test": 0.4,
             "db": 0.9 + 1.8 / workers,
             "gpu slots": 2.4 / 2,
             "port-pool slots": 0.8 / 4,
@@ -105,7 +107,8 @@ def test_the_terminal_plan_says_the_same(example: pytest.Pytester) -> None:
             "port-pool * 4 * host * - * - * 4 tests, 0.80 s",
             "serial: 1 test, 0.30 s",
             "lower bound: 2.18 s with 4 worker(s); bottleneck: serial",
-            "terms: serial 2.18 s, workers 1.95 s, db 1.35 s, gpu slots 1.20 s, port-pool slots 0.20 s",
+            "terms: serial 2.18 s, workers 1.95 s, db 1.35 s, gpu slots 1.20 s, longest test 0.40 s"
+            " (and 1 smaller; -v shows all)",
         ]
     )
     result.stdout.no_fnmatch_line("*passed*")  # nothing ran
@@ -122,6 +125,7 @@ def test_the_terminal_plan_says_the_same(example: pytest.Pytester) -> None:
 # db: exclusive 60; shared 320 + 40 = 360
 # gpu: 20 x 1 x 1.5 = 30 slot-seconds
 # cache then db: db's exclusive 60 + the cache holders' 40 = 100 at any -n
+# the longest test: 8
 GENERATED = """
 import pytest
 
@@ -187,6 +191,7 @@ def test_the_plan_of_a_generated_suite(generated: pytest.Pytester, workers: int,
         {
             "workers": 555 / workers,
             "serial": 20 + 535 / workers,
+            "longest test": 8.0,
             "db": 60 + 360 / workers,
             "cache": 40,
             "gpu slots": 30 / 2,
@@ -251,6 +256,13 @@ def test_the_plan_json_is_alone_on_stdout_and_the_terminal_on_stderr(pytester: p
     result.stderr.fnmatch_lines(["*1 test collected*"])
 
 
+def test_the_plan_json_needs_no_terminal(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a="def test_one(): pass\n")
+    result = pytester.runpytest_subprocess(*RUN, "-n", "2", "--plan-json", "-p", "no:terminal")
+    assert result.ret == pytest.ExitCode.OK
+    assert json.loads(result.stdout.str())["tests"] == 1
+
+
 def test_the_plan_runs_nothing_and_starts_no_worker(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_a="import os\ndef test_one():\n    open('ran', 'w').close()\n")
     result = pytester.runpytest_subprocess(*RUN, "-n", "2", "--plan")
@@ -268,5 +280,5 @@ def test_the_bound_terms_of_a_test_holding_two_resources_exclusively_and_shared(
         (5.0, Requirement((db_shared,))),  # shared, not in the pair
     ]
     terms = {term.name: term.seconds for term in bound_terms(tests, 4)}
-    # workers 10 / 4; cache 2; db 3 + 7 / 4; cache then db 3 + 2
-    assert terms == pytest.approx({"workers": 2.5, "cache": 2.0, "db": 4.75, "cache then db": 5.0})
+    # workers 10 / 4; the longest test 5; cache 2; db 3 + 7 / 4; cache then db 3 + 2
+    assert terms == pytest.approx({"workers": 2.5, "longest test": 5.0, "cache": 2.0, "db": 4.75, "cache then db": 5.0})

@@ -98,7 +98,7 @@ def test_the_timeline_of_a_run_with_crashes_and_a_timeout_keeps_its_promises(sui
     counters = [e["args"] for e in trace["traceEvents"] if e["ph"] == "C" and e["name"] == "gpu"]
     assert max(c["slots"] for c in counters) == 2
     train = next(s for s in tests if s.name == "test_suite.py::test_train_wide")
-    assert train.args["resources"] == [{"name": "gpu", "mode": "slots", "slots": [0, 1]}]
+    assert train.args["resources"] == [{"name": "gpu", "mode": "counted", "slots": [0, 1]}]
     assert train.args["worker"] in {"gw0", "gw1", "gw2"}
 
 
@@ -139,7 +139,7 @@ def test_an_in_process_run_has_one_track(suite: pytest.Pytester) -> None:
     nodeids = [n for n in collected(suite) if "crash" not in n and "hangs" not in n]
     assert problems(trace, nodeids, logged(suite.path), CAPACITIES) == []
     wide = next(s for s in tests if s.name.endswith("test_train_wide"))
-    assert wide.args["resources"] == [{"name": "gpu", "mode": "slots", "slots": [0, 1]}]
+    assert wide.args["resources"] == [{"name": "gpu", "mode": "counted", "slots": [0, 1]}]
 
 
 def test_the_timeline_is_written_when_the_run_stops_at_failfast(pytester: pytest.Pytester) -> None:
