@@ -228,3 +228,11 @@ def test_where_pytest_xdist_runs_n_no_timeline_is_written_and_it_says_so(pyteste
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*--timeline records restask's runs*name -p restask*"])
     assert not (pytester.path / "trace.json").exists()
+
+
+def test_the_timeline_is_written_through_a_link_as_any_file(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a="def test_one(): pass\n")
+    (pytester.path / "link.json").symlink_to("target.json")
+    run(pytester, "--timeline=link.json").assert_outcomes(passed=1)
+    assert (pytester.path / "link.json").is_symlink()
+    assert [s.name for s in slices(read(pytester.path / "target.json"))] == ["test_a.py::test_one"]
