@@ -569,12 +569,13 @@ def test_fixture_and_marker_requests_merge_strongest_wins(pytester: pytest.Pytes
         def device():
             pass
 
+        # the slot numbers depend on whether the two ran at the same time
         @pytest.mark.resource("gpu", slots=2)
         def test_two(device, restask_slots):
-            assert restask_slots == {"gpu": [0, 1]}
+            assert len(set(restask_slots["gpu"])) == 2
 
         def test_one(device, restask_slots):
-            assert restask_slots == {"gpu": [0]}
+            assert len(restask_slots["gpu"]) == 1
         """
     )
     for args in ((), ("-n", "2")):
