@@ -155,6 +155,7 @@ def test_a_parallel_run_with_resources_shows_the_report(pytester: pytest.Pyteste
     )
 
 
+@pytest.mark.multirun  # three whole runs: a CI step of its own
 @pytest.mark.parametrize(
     "args",
     [

@@ -159,6 +159,7 @@ def test_the_timeline_is_written_when_the_run_stops_at_failfast(pytester: pytest
     assert [(s.name, s.args["outcome"]) for s in tests] == [("test_a.py::test_fails", "failed")]
 
 
+@pytest.mark.multirun  # three runs, each interrupted: a CI step of its own
 @pytest.mark.parametrize(
     ("signum", "workers"),
     [
