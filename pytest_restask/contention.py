@@ -149,6 +149,8 @@ def contention_lines(report: Contention, everything: bool = False) -> list[str]:
         worst = f"{row.worst:.2f} s {row.worst_test}" if row.held_back else "-"
         tests, busy = (str(row.tests), f"{row.busy:.2f} s") if row.tests else ("-", "-")
         rows.append([row.name, tests, busy, str(row.held_back), f"{row.waited:.2f} s", worst])
+    if len(rows) == 1:
+        return lines  # no resource held anything or held anyone back
     room = len(rows) if everything else SHORT_LINES - len(lines)
     shown = rows if len(rows) <= room else rows[: room - 1]
     lines.extend(table(shown))

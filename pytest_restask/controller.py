@@ -363,6 +363,8 @@ class Controller:
                 self._handle(event, machine)
             self._settle(machine)
         self._span = (started, self._clock())
+        if self._record is not None:  # the run's span ends here, not after the workers' shutdown
+            self._record.close()
         machine.shutdown(self._span[1])
 
     def _next_event(self, spawner: ExecnetSpawner, timeout: float | None) -> Event | None:

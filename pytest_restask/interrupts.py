@@ -25,7 +25,8 @@ def interrupt_on_sigterm() -> Callable[[], None]:
     previous = signal.signal(signal.SIGTERM, _interrupt)
 
     def restore() -> None:
-        signal.signal(signal.SIGTERM, previous)
+        # None: a handler not set from Python, which cannot be put back; the default is
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     return restore
 

@@ -63,6 +63,8 @@ class Attempt:
     #: When the machine handed it over (it may start later on the worker).
     assigned: float
     grant: Grant
+    #: Its place among all attempts handed over: a worker runs its attempts in this order.
+    order: int = 0
     #: When it really ran, by its worker's clock (:meth:`RunRecord.ran`).
     start: float | None = None
     end: float | None = None
@@ -122,6 +124,8 @@ class RunRecord:
         self.workers: list[WorkerEvent] = []
         #: The workers seen, in order of their first start.
         self.worker_names: list[str] = []
+        #: How many attempts were handed over (see :attr:`Attempt.order`).
+        self._handed = 0
 
     # -- the observer -----------------------------------------------------------
 
@@ -138,9 +142,13 @@ class RunRecord:
         elif event.state is TaskState.STARTED:
             if task.waits and task.waits[-1].until is None:
                 task.waits[-1].until = event.time
-            task.attempts.append(Attempt(event.worker or "", event.time, event.grant or NOTHING))
-        elif event.state is TaskState.FINISHED and last is not None and last.ended is None:
-            last.reason, last.ended = event.reason, event.time
+            self._handed += 1
+            task.attempts.append(Attempt(event.worker or "", event.time, event.grant or NOTHING, self._handed))
+        elif event.state is TaskState.FINISHED:
+            if last is not None and last.ended is None:
+                last.reason, last.ended = event.reason, event.time
+            elif task.waits and task.waits[-1].until is None:
+                task.waits[-1].until = event.time  # finished without starting: the run stopped first
 
     def task_waiting(self, event: TaskWaiting) -> None:
         task = self.tasks.get(event.task_id)
@@ -168,6 +176,7 @@ class RunRecord:
         open end here."""
         if self.closed is None:
             self.closed = self._clock()
+            self._read = None  # read again, with what was still running
 
     def _begin(self, time: float) -> None:
         if self.began is None:
@@ -260,28 +269,34 @@ class RunRecord:
     def slices(self) -> Iterator[tuple[TaskRecord, Attempt, float, float]]:
         """Yield every attempt that began, with when it ran on its worker.
 
-        Where the worker's own times never came (it died in the test, the
-        test timed out, the run was interrupted), the attempt ran at the
-        latest from when the machine handed it over and its worker's previous
-        test ended, to when the machine ended it (or the run did).
+        A worker runs what it was handed in the order it was handed (tests
+        sent ahead queue on it).  Where the worker's own times never came (it
+        died in the test, the test timed out, the run was interrupted), the
+        attempt ran at the latest from when the machine handed it over and
+        the worker's previous test ended, to when the machine ended it (or
+        the run did).  Of a closed run's attempts that never ended, only a
+        worker's first was running: those queued behind it never began.
         """
         end_of_run = self.closed if self.closed is not None else self._clock()
-        attempts = [(task, attempt) for task in self.tasks.values() for attempt in task.attempts]
-        attempts.sort(key=lambda pair: pair[1].start if pair[1].start is not None else pair[1].assigned)
-        free_from: dict[str, float] = {}
-        for task, attempt in attempts:
-            if attempt.start is None and attempt.ended is None and self.closed is None:
-                continue  # still running, and the run goes on
-            start = attempt.start
-            if start is None:
-                start = max(attempt.assigned, free_from.get(attempt.worker, attempt.assigned))
-            end = attempt.end
-            if end is None:
-                if attempt.ended is None and self.closed is None:
-                    continue
-                end = max(start, attempt.ended if attempt.ended is not None else end_of_run)
-            free_from[attempt.worker] = max(free_from.get(attempt.worker, end), end)
-            yield task, attempt, start, end
+        by_worker: dict[str, list[tuple[TaskRecord, Attempt]]] = {}
+        for task in self.tasks.values():
+            for attempt in task.attempts:
+                by_worker.setdefault(attempt.worker, []).append((task, attempt))
+        for queue in by_worker.values():
+            queue.sort(key=lambda pair: pair[1].order)
+            free_from = -math.inf
+            running = False  # a never-ended attempt of this worker was taken as running
+            for task, attempt in queue:
+                unended = attempt.end is None and attempt.ended is None
+                if unended and (self.closed is None or running):
+                    continue  # still running, or queued behind the one that was
+                running = running or unended
+                start = attempt.start if attempt.start is not None else max(attempt.assigned, free_from)
+                end = attempt.end
+                if end is None:
+                    end = max(start, attempt.ended if attempt.ended is not None else end_of_run)
+                free_from = max(free_from, end)
+                yield task, attempt, start, end
 
 
 # Implementation
