@@ -698,6 +698,7 @@ def test_auto_counts_the_cpus_this_process_may_use(pytester: pytest.Pytester, mo
         assert f"restask: 8 tests on {cpus.usable_cpus()} workers in " in _run_auto(pytester, None)
 
 
+@pytest.mark.multirun  # several whole runs: a CI step of its own
 def test_auto_takes_the_environment_variable_then_a_plugins_hook(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

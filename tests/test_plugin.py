@@ -128,6 +128,7 @@ def test_failfast_in_process(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*2 of 3 tests not run: " + plugin.FAILFAST_REASON + "*"])
 
 
+@pytest.mark.multirun  # several whole runs: a CI step of its own
 def test_xdist_keeps_n_unless_restask_is_named(pytester: pytest.Pytester) -> None:
     pytest.importorskip("xdist")
     pytester.makepyfile("def test_a(worker_id): pass\ndef test_b(): pass\n")

@@ -96,6 +96,7 @@ def test_a_warning_class_of_another_signature_reaches_the_summary(pytester: pyte
     parallel.stdout.no_fnmatch_line("*INTERNALERROR*")
 
 
+@pytest.mark.multirun  # several whole runs: a CI step of its own
 def test_an_option_value_taken_for_a_test_path_is_a_usage_error(pytester: pytest.Pytester) -> None:
     """``--durations-file ../d.json``: pytest chose the rootdir before our
     option existed, took ../d.json for a test path, and lost the project's
