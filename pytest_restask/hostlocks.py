@@ -214,11 +214,19 @@ class HostLocks:
         """Return the resources held now, each with its slot numbers."""
         return {name: tuple(sorted(held.slots)) for name, held in self._held.items()}
 
-    def take(self, requests: Iterable[Request], preferred: Mapping[str, Sequence[int]] | None = None) -> Taken:
+    def take(
+        self, requests: Iterable[Request], preferred: Mapping[str, Sequence[int]] | None = None, running: bool = False
+    ) -> Taken:
         """Take every host-wide request not held yet in the same way, without
         blocking, in sorted order.  A counted request takes the ``preferred``
         slot numbers where free, then the lowest free ones.  On the first busy
-        lock, release what this call took and say which resource was busy."""
+        lock, release what this call took and say which resource was busy.
+
+        ``running``: the test that holds the locks still runs (a worker tries
+        its next test's locks at the teardown of the one before).  A lock
+        held in another mode or count is then busy, not let go and taken
+        again: between the two, another run could take it while the teardown
+        still uses the resource."""
         preferred = preferred or {}
         taken: list[str] = []
         requests = self.requests(requests)
@@ -232,7 +240,11 @@ class HostLocks:
                         self._release(name)
                     return Taken({}, busy=request.name)
                 continue
-            if known is not None:  # another mode or count: taken again
+            if known is not None:  # another mode or count: taken again, once nothing uses it
+                if running:
+                    for name in taken:
+                        self._release(name)
+                    return Taken({}, busy=request.name)
                 self._release(request.name)
             held = self._try(request, preferred.get(request.name, ()))
             if held is None:

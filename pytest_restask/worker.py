@@ -423,7 +423,7 @@ class WorkerSession:
             # tried now, while this task's locks are held: when another run
             # holds one, the next task is handed back, and this teardown ends
             # what this task's hold covered, as if nothing followed
-            self._taken = (answer.task_id, self._take_host(answer))
+            self._taken = (answer.task_id, self._take_host(answer, running=True))
             if self._taken[1].busy is not None:
                 following = Next(None)
         if following.task_id is None:
@@ -522,12 +522,13 @@ class WorkerSession:
                 self._host = HostLocks(settings.lock_dir, settings.capacities, settings.host_resources)
         return self._host
 
-    def _take_host(self, message: Next) -> Taken:
-        """Take the host locks of a task, or say which one another run holds."""
+    def _take_host(self, message: Next, running: bool = False) -> Taken:
+        """Take the host locks of a task, or say which one another run holds
+        (``running``: the test before it is still in its teardown)."""
         host = self._host_locks() if message.requests else None
         if host is None:
             return Taken({})
-        return host.take(_requests(message), message.slots)
+        return host.take(_requests(message), message.slots, running=running)
 
     def _keep_host_for(self, following: Next | None) -> None:
         """Release the host locks the task that follows does not take over

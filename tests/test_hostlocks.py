@@ -81,6 +81,22 @@ def test_a_reader_that_keeps_its_lock_lets_go_when_a_writer_of_another_run_waits
     assert locks.take([Request("cache", SH)]).busy == "cache"  # the next reader does not pass the writer
 
 
+@pytest.mark.parametrize("next_mode", [EX, CO])
+def test_a_lock_in_use_is_never_let_go_to_be_taken_in_another_mode(tmp_path: Path, hold, next_mode: Mode) -> None:  # type: ignore[no-untyped-def]
+    """A worker tries its next test's locks while the test before is in its
+    teardown: a reader followed by a writer (or a counted user) of "cache"
+    must keep its read lock until that teardown ends, else another run's
+    writer could take "cache" in between."""
+    locks = HostLocks(tmp_path, {"cache": 2}, {"cache"})
+    assert locks.take([Request("cache", SH)]).busy is None
+    slots = 1 if next_mode is CO else 0
+    assert locks.take([Request("cache", next_mode, slots)], running=True).busy == "cache"
+    assert locks.held() == {"cache": ()}  # still held as it was
+    other = HostLocks(tmp_path, {"cache": 2}, {"cache"})
+    assert other.take([Request("cache", EX)]).busy == "cache"  # so no writer of another run gets in
+    assert locks.take([Request("cache", next_mode, slots)]).busy is None  # once the teardown is over: taken again
+
+
 def test_counted_slots_skip_those_another_process_holds(tmp_path: Path, hold) -> None:  # type: ignore[no-untyped-def]
     hold("COUNTED", "gpu")  # it takes slot 0
     locks = HostLocks(tmp_path, {"gpu": 2}, {"gpu"})
