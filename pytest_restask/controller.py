@@ -560,6 +560,8 @@ class Controller:
         self._phases.setdefault(task_id, {})[report.when or ""] = report.outcome
         self._outcomes.note(task_id, report)
         self._busy += report.duration
+        if self._record is not None:
+            self._record.reported(task_id, report.duration)
         self._replaying, self._replaying_task = worker, task_id
         try:
             self._config.hook.pytest_runtest_logreport(report=report)

@@ -104,11 +104,6 @@ class DurationsRecorder:
         #: whichever ran first).
         self._save = save
 
-    @property
-    def measured(self) -> Mapping[str, float]:
-        """Return the seconds (setup + call + teardown) measured in this run so far, by node id."""
-        return self._measured
-
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self._measured[report.nodeid] = self._measured.get(report.nodeid, 0.0) + report.duration
 

@@ -375,7 +375,7 @@ def pytest_configure(config: pytest.Config) -> None:
     xdist_runs = _xdist_distributes(config)
     if xdist_runs and settings.timeline is not None:
         config.issue_config_time_warning(pytest.PytestConfigWarning(TIMELINE_UNDER_XDIST), stacklevel=2)
-    views = RunViews(config, settings, recorder, record_here=not xdist_runs)
+    views = RunViews(config, settings, record_here=not xdist_runs)
     config.pluginmanager.register(views, "restask.views")
     if settings.plan is not None:
         config.pluginmanager.register(PlanView(config, settings, recorder.durations), "restask.plan")

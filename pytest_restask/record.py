@@ -126,6 +126,8 @@ class RunRecord:
         self.worker_names: list[str] = []
         #: How many attempts were handed over (see :attr:`Attempt.order`).
         self._handed = 0
+        #: Seconds of setup, call and teardown each task's reports measured.
+        self.durations: dict[int, float] = {}
 
     # -- the observer -----------------------------------------------------------
 
@@ -170,6 +172,10 @@ class RunRecord:
         task = self.tasks.get(task_id)
         if task is not None and task.attempts:
             task.attempts[-1].start, task.attempts[-1].end = start, end
+
+    def reported(self, task_id: int, seconds: float) -> None:
+        """A report of a task measured ``seconds`` (one of its phases)."""
+        self.durations[task_id] = self.durations.get(task_id, 0.0) + seconds
 
     def close(self) -> None:
         """The run ended (or was interrupted) now: waits and attempts still

@@ -27,18 +27,26 @@ import pytest
 
 from .contention import CONTENTION_TITLE, contention, contention_lines
 from .declarations import declaration_error, requirement_of
-from .durations import Durations, DurationsRecorder
+from .durations import Durations
 from .events import Reason, TaskChanged, TaskState, WorkerChanged, WorkerPhase
 from .holds import SLOTS_KEY
 from .interrupts import interrupt_on_sigterm
 from .plan import Plan, PlanTest, make_plan, plan_lines
 from .record import RunRecord
 from .resources import NOTHING, Grant, LockTable, Requirement, ResourceError
-from .settings import Settings
+from .settings import Settings, owns_n
 from .taskstate import LOCAL_WORKER, Outcomes
 from .timeline import trace, write_trace
 
-__all__ = ["PLAN_TITLE", "TIMELINE_NOT_WRITTEN", "TIMELINE_WRITTEN", "PlanView", "RunViews", "plan_of_items"]
+__all__ = [
+    "PLAN_TITLE",
+    "PLAN_XDIST_N",
+    "TIMELINE_NOT_WRITTEN",
+    "TIMELINE_WRITTEN",
+    "PlanView",
+    "RunViews",
+    "plan_of_items",
+]
 
 #: The line that says where the timeline went, and the one that says it could not be written.
 TIMELINE_WRITTEN: Final = "restask: timeline written to {path} (open it in https://ui.perfetto.dev or chrome://tracing)"
@@ -46,6 +54,10 @@ TIMELINE_NOT_WRITTEN: Final = "restask: could not write the timeline to {path}: 
 
 #: The title of the ``--plan`` section.
 PLAN_TITLE: Final = "restask plan"
+#: Said under the plan when pytest-xdist owns ``-n``.
+PLAN_XDIST_N: Final = (
+    "-n is pytest-xdist's in this run, so the plan is for 1 worker; name -p restask to plan for its -n"
+)
 
 
 def plan_of_items(items: list[pytest.Item], settings: Settings, store: Durations, workers: int) -> Plan:
@@ -99,6 +111,8 @@ class PlanView:
         terminalreporter.write_sep("=", PLAN_TITLE)
         for line in plan_lines(self.plan, all_terms=self._config.get_verbosity() > 0):
             terminalreporter.write_line(line)
+        if self._config.getoption("numprocesses", None) and not owns_n(self._config):
+            terminalreporter.write_line(PLAN_XDIST_N, yellow=True)
 
 
 def _terminal_to_stderr(config: pytest.Config) -> None:
@@ -115,14 +129,11 @@ def _terminal_to_stderr(config: pytest.Config) -> None:
 class RunViews:
     """The contention report and the timeline of a run; see the module docstring."""
 
-    def __init__(
-        self, config: pytest.Config, settings: Settings, recorder: DurationsRecorder, record_here: bool = True
-    ) -> None:
+    def __init__(self, config: pytest.Config, settings: Settings, record_here: bool = True) -> None:
         self._config = config
         #: Whether this process's runs are restask's to record (not where pytest-xdist distributes).
         self._record_here = record_here
         self._settings = settings
-        self._recorder = recorder
         #: The run's record (None: nothing to show, or the run has not begun).
         self.record: RunRecord | None = None
         #: A test's outcome by task id, and what each task needed.
@@ -200,11 +211,7 @@ class RunViews:
         if all(r.is_free for r in self._requirements.values()):
             return
         record.close()
-        by_name = {task.name: task.task_id for task in record.tasks.values()}
-        measured = {
-            by_name[nodeid]: seconds for nodeid, seconds in self._recorder.measured.items() if nodeid in by_name
-        }
-        report = contention(record, self._workers, measured, self._requirements, self._settings.capacities)
+        report = contention(record, self._workers, record.durations, self._requirements, self._settings.capacities)
         terminalreporter.write_sep("-", CONTENTION_TITLE)
         for line in contention_lines(report, everything=self._config.get_verbosity() > 0):
             terminalreporter.write_line(line)

@@ -16,7 +16,7 @@ import pytest
 
 from pytest_restask.plan import bound_terms
 from pytest_restask.resources import Mode, Request, Requirement
-from pytest_restask.views import PLAN_TITLE
+from pytest_restask.views import PLAN_TITLE, PLAN_XDIST_N
 
 from .runs import RUN
 
@@ -261,6 +261,14 @@ def test_the_plan_json_needs_no_terminal(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(*RUN, "-n", "2", "--plan-json", "-p", "no:terminal")
     assert result.ret == pytest.ExitCode.OK
     assert json.loads(result.stdout.str())["tests"] == 1
+
+
+def test_where_pytest_xdist_owns_n_the_plan_says_it_is_for_one_worker(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_a="def test_one(): pass\n")
+    result = pytester.runpytest("-n", "2", "--plan")  # restask not named: -n is xdist's
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["1 test, * on 1 worker(s)*", PLAN_XDIST_N])
 
 
 def test_the_plan_runs_nothing_and_starts_no_worker(pytester: pytest.Pytester) -> None:
