@@ -24,6 +24,11 @@ Suites:
   "db", "port", "gpu" and "cache" (exclusive and shared) at ``-n 8``;
 - ``fixtures``: 10 modules of 10 tests with expensive module- and
   session-scoped fixtures, half of the modules on "db", at ``-n 4``;
+- ``imports`` and ``imports-8``: 400 trivial tests over 40 modules whose
+  conftest imports a generated package that does real work as it is imported
+  (tables computed, classes made: about half a second of CPU, bytecode
+  cached), at ``-n --workers`` and at ``-n 8``: the cost every worker pays
+  to import and collect what the controller already has (issue 17's baseline);
 - ``large`` (only when named: it takes minutes): 60,000 trivial
   parametrized tests at ``-n --workers``, where the controller's cost per
   test decides whether 2 workers on 2 cores beat a serial run.
@@ -45,7 +50,13 @@ anything above 0 means that contender did not keep the resources apart.
 Run from the repository root, with the interpreter that has pytest,
 pytest-xdist, filelock and pytest-restask installed::
 
-    python benchmarks/run.py [--repeat 3] [--workers 2] [--suite tiny,startup,resources,fixtures,large]
+    python benchmarks/run.py [--repeat 3] [--workers 2] [--fresh] [--suite tiny,startup,...]
+
+(suites: tiny, startup, resources, fixtures, imports, imports-8, large).
+
+``--fresh`` runs every contender with ``-p no:cacheprovider``, as in a fresh
+CI checkout where pytest's cache is empty (restask then remembers no
+durations and no worker count, so its workers start after collection).
 
 The script uses only the standard library; the child processes it starts use
 ``sys.executable``. It exits with status 1 if any run failed.
@@ -77,6 +88,11 @@ STARTUP_WORKERS = 8
 RESOURCES_WORKERS = 8
 FIXTURES_WORKERS = 4
 LARGE_TESTS = 60_000
+#: The imports suite: test modules, tests in each, and modules of the package its conftest imports.
+IMPORT_TEST_MODULES = 40
+IMPORT_TESTS_PER_MODULE = 10
+IMPORT_PACKAGE_MODULES = 20
+IMPORTS_WIDE_WORKERS = 8
 # pytest's cache stays on, as in daily use: restask keeps its durations there
 PYTEST = (sys.executable, "-m", "pytest", "-q")
 
@@ -248,6 +264,57 @@ def fixture_module(marker: str) -> str:
     )
 
 
+HEAVY_MODULE = """
+\"\"\"Generated: work done at import, as a large code base does (tables, classes).\"\"\"
+
+import hashlib
+
+TABLE = [hashlib.sha256(f"{INDEX}-{i}".encode()).hexdigest() for i in range(6000)]
+SQUARES = {i: sum(j * j for j in range(i % 60)) for i in range(6000)}
+CLASSES = [type(f"Model{INDEX}_{i}", (), {"field": i, "name": TABLE[i]}) for i in range(400)]
+
+
+def lookup(i):
+    return CLASSES[i % len(CLASSES)].field + SQUARES[i % len(SQUARES)]
+"""
+
+
+def build_imports(root: Path, workers: int) -> Suite:
+    """The imports suite at ``-n workers`` (see the module docstring)."""
+    base = root / MARKED
+    write_ini(base)
+    modules = [f"heavy_{index:02d}" for index in range(IMPORT_PACKAGE_MODULES)]
+    write(base / "heavy" / "__init__.py", "".join(f"from . import {module}\n" for module in modules))
+    for index, module in enumerate(modules):
+        write(
+            base / "heavy" / f"{module}.py",
+            HEAVY_MODULE.replace("{INDEX}", str(index)).replace("{{", "{").replace("}}", "}"),
+        )
+    write(base / "conftest.py", "import heavy  # the suite's code under test, imported by every process\n")
+    for index in range(IMPORT_TEST_MODULES):
+        write(
+            base / f"test_imports_{index:02d}.py",
+            f"""
+            import pytest
+
+            import heavy
+
+
+            @pytest.mark.parametrize("case", range({IMPORT_TESTS_PER_MODULE}))
+            def test_lookup(case):
+                assert heavy.heavy_{index % IMPORT_PACKAGE_MODULES:02d}.lookup(case) >= 0
+            """,
+        )
+    count = IMPORT_TEST_MODULES * IMPORT_TESTS_PER_MODULE
+    return Suite("imports", root, count, workers, basic_contenders(workers))
+
+
+def build_imports_wide(root: Path, workers: int) -> Suite:
+    suite = build_imports(root, IMPORTS_WIDE_WORKERS)
+    suite.name = "imports-8"
+    return suite
+
+
 # ------------------------------------------------------------ resources suite
 
 WORK_FIXTURE = """
@@ -389,10 +456,12 @@ BUILDERS: dict[str, Callable[[Path, int], Suite]] = {
     "startup": build_startup,
     "resources": build_resources,
     "fixtures": build_fixtures,
+    "imports": build_imports,
+    "imports-8": build_imports_wide,
     "large": build_large,
 }
-#: Suites left out unless named: they take minutes.
-OPT_IN = ("large",)
+#: Suites left out unless named: they take minutes, or are the baseline of work to come.
+OPT_IN = ("large", "imports", "imports-8")
 
 
 # -------------------------------------------------------------------- running
@@ -632,6 +701,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repeat", type=int, default=3, help="rounds over all contenders (default 3)")
     parser.add_argument("--workers", type=int, default=2, help="workers for the tiny suite (default 2)")
+    parser.add_argument(
+        "--fresh", action="store_true", help="run every contender with -p no:cacheprovider (a fresh CI checkout)"
+    )
     default = ",".join(name for name in BUILDERS if name not in OPT_IN)
     parser.add_argument(
         "--suite", default=default, help=f"comma-separated, from {','.join(BUILDERS)} (default {default})"
@@ -646,10 +718,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def benchmark(name: str, repeat: int, workers: int) -> bool:
+def benchmark(name: str, repeat: int, workers: int, fresh: bool = False) -> bool:
     """Build, run and report one suite; True if every run passed."""
     with tempfile.TemporaryDirectory(prefix=f"restask-bench-{name}-") as tmp:
         suite = BUILDERS[name](Path(tmp), workers)
+        if fresh:
+            suite.contenders = [
+                Contender(c.name, c.variant, (*c.args, "-p", "no:cacheprovider")) for c in suite.contenders
+            ]
+            suite.name += " (fresh: -p no:cacheprovider)"
         print(f"{name}: built in {tmp}")
         warm_up(suite)
         runs = run_suite(suite, repeat)
@@ -660,7 +737,7 @@ def benchmark(name: str, repeat: int, workers: int) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     print_environment()
-    results = [benchmark(name, args.repeat, args.workers) for name in args.suites]
+    results = [benchmark(name, args.repeat, args.workers, args.fresh) for name in args.suites]
     return 0 if all(results) else 1
 
 
