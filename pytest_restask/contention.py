@@ -17,13 +17,13 @@ Pure: imports neither pytest nor execnet.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, final
 
 from .events import Reason
 from .plan import Term, bound_terms, table
-from .record import SERIAL_TRACK, WORKERS_WAIT, RunRecord
+from .record import SERIAL_TRACK, WORKERS_WAIT, RunRecord, merged
 from .resources import Requirement
 
 __all__ = ["CONTENTION_TITLE", "Contention", "ResourceContention", "contention", "contention_lines"]
@@ -116,7 +116,7 @@ def contention(
             ResourceContention(
                 name=name,
                 tests=len(holders.get(name, ())),
-                busy=_union(held.get(name, [])),
+                busy=sum(end - start for start, end in merged(held.get(name, []))),
                 held_back=len(waits),
                 waited=sum(waits.values()),
                 worst=0.0 if worst_id is None else waits[worst_id],
@@ -157,13 +157,3 @@ def contention_lines(report: Contention, everything: bool = False) -> list[str]:
     if len(shown) < len(rows):
         lines.append(f"... and {len(rows) - len(shown)} more resources (-v shows all)")
     return lines
-
-
-def _union(intervals: Iterable[tuple[float, float]]) -> float:
-    """Return the length of the union of intervals."""
-    total, reach = 0.0, float("-inf")
-    for start, stop in sorted(intervals):
-        if stop > reach:
-            total += stop - max(start, reach)
-            reach = stop
-    return total

@@ -21,11 +21,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, final
+from typing import Final, Protocol, final
 
 from .resources import Grant
 
 __all__ = [
+    "ENDED_WORDS",
     "HOST_BUSY",
     "Blocker",
     "Observer",
@@ -72,6 +73,10 @@ class TaskState(enum.Enum):
     STARTED = "started"
     FINISHED = "finished"
 
+
+#: A finished test's outcome in one word, where the machine ended it (the
+#: ``pytest_restask_task_state`` reason, the timeline's outcome).
+ENDED_WORDS: Final = {Reason.CRASHED: "crashed", Reason.TIMEOUT: "timed out"}
 
 #: Why a task went back to ``ready``: its worker died before the task began
 #: (it was handed over or sent ahead), or a plugin asked to run a crashed one again.

@@ -172,20 +172,18 @@ def bound_terms(
         longest = max(longest, seconds)
         if requirement.serial:
             serial += seconds
-        held = _strongest(requirement)
-        for name, (mode, slots) in held.items():
-            if mode is Mode.EXCLUSIVE:
+        # one request per resource, the strongest asked (see merge_requests)
+        for request in requirement.requests:
+            name = request.name
+            if request.mode is Mode.EXCLUSIVE:
                 exclusive[name] = exclusive.get(name, 0.0) + seconds
-            elif mode is Mode.SHARED:
+                for other in requirement.requests:
+                    if other.mode is Mode.SHARED:
+                        pairs[name, other.name] = pairs.get((name, other.name), 0.0) + seconds
+            elif request.mode is Mode.SHARED:
                 shared[name] = shared.get(name, 0.0) + seconds
             else:
-                slot_seconds[name] = slot_seconds.get(name, 0.0) + slots * seconds
-        for a, (mode_a, _) in held.items():
-            if mode_a is not Mode.EXCLUSIVE:
-                continue
-            for b, (mode_b, _) in held.items():
-                if mode_b is Mode.SHARED:
-                    pairs[a, b] = pairs.get((a, b), 0.0) + seconds
+                slot_seconds[name] = slot_seconds.get(name, 0.0) + request.slots * seconds
     terms = [Term(WORKERS, "workers", (), work / workers)]
     if serial:
         terms.append(Term(SERIAL, "serial", (), serial + (work - serial) / workers))
@@ -221,15 +219,15 @@ def make_plan(
         scopes[name] = "global host" if name in scopes else "host"
     uses: dict[str, ResourceUse] = {}
     for test in tests:
-        for name, (mode, slots) in _strongest(test.requirement).items():
-            use = uses.get(name)
+        for request in test.requirement.requests:  # one per resource (see merge_requests)
+            use = uses.get(request.name)
             if use is None:
-                capacity = capacities.get(name, DEFAULT_CAPACITY)
-                use = uses[name] = ResourceUse(name, capacity, scopes.get(name, "run"))
-            key = _MODE_NAMES[mode]
+                capacity = capacities.get(request.name, DEFAULT_CAPACITY)
+                use = uses[request.name] = ResourceUse(request.name, capacity, scopes.get(request.name, "run"))
+            key = _MODE_NAMES[request.mode]
             use.tests[key] += 1
             use.seconds[key] += test.seconds
-            use.slot_seconds += slots * test.seconds
+            use.slot_seconds += request.slots * test.seconds
     estimated = [test for test in tests if test.estimated]
     serial = [test for test in tests if test.requirement.serial]
     return Plan(
@@ -288,14 +286,3 @@ def table(rows: Sequence[Sequence[str]]) -> list[str]:
 
 def _tests(count: int) -> str:
     return f"{count} test" if count == 1 else f"{count} tests"
-
-
-def _strongest(requirement: Requirement) -> dict[str, tuple[Mode, int]]:
-    """Return each resource of a requirement with the strongest mode asked
-    (and its slots, when counted)."""
-    held: dict[str, tuple[Mode, int]] = {}
-    for request in requirement.requests:
-        known = held.get(request.name)
-        if known is None or (request.mode, request.slots) > known:
-            held[request.name] = (request.mode, request.slots)
-    return held

@@ -380,7 +380,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.plan is not None:
         config.pluginmanager.register(PlanView(config, settings, recorder.durations), "restask.plan")
     if not settings.workers:
-        if not _xdist_distributes(config):
+        if not xdist_runs:
             config.pluginmanager.register(LocalTaskStates(config), "restask.taskstate")
         if settings.task_timeout is not None:
             config.issue_config_time_warning(pytest.PytestConfigWarning(NOT_APPLY_TIMEOUT), stacklevel=2)

@@ -35,7 +35,17 @@ from .events import (
 )
 from .resources import DEFAULT_CAPACITY, NOTHING, Grant, Mode, Request, Requirement
 
-__all__ = ["SERIAL_TRACK", "WORKERS_WAIT", "Attempt", "RunRecord", "TaskRecord", "Wait", "WorkerEvent", "blocked_by"]
+__all__ = [
+    "SERIAL_TRACK",
+    "WORKERS_WAIT",
+    "Attempt",
+    "RunRecord",
+    "TaskRecord",
+    "Wait",
+    "WorkerEvent",
+    "blocked_by",
+    "merged",
+]
 
 #: What a wait is charged to when a serial test held the ready one back (or it is serial).
 SERIAL_TRACK: Final = "serial"
@@ -316,8 +326,8 @@ class _Reading:
         #: When each attempt began on its worker, by (task id, when it was handed over).
         self.starts = {(task.task_id, attempt.assigned): start for task, attempt, start, _ in slices}
         #: When any test ran, and when a serial one did.
-        self.anything = _merged((start, end) for _, _, start, end in slices)
-        self.serial = _merged((start, end) for _, a, start, end in slices if a.grant.requirement.serial)
+        self.anything = merged((start, end) for _, _, start, end in slices)
+        self.serial = merged((start, end) for _, a, start, end in slices if a.grant.requirement.serial)
         #: Each resource's holds: (start, end, mode, slots held).
         self._holds: dict[str, list[tuple[float, float, Mode, int]]] = {}
         for _, attempt, start, end in slices:
@@ -341,11 +351,11 @@ class _Reading:
             spans = [(start, end) for start, end, mode, _ in holds if mode is not Mode.COUNTED]
             counted = [(start, end, slots) for start, end, mode, slots in holds if mode is Mode.COUNTED]
             spans.extend(_above(counted, capacity - request.slots))
-        merged = self._conflicting[key] = _merged(spans)
-        return merged
+        union = self._conflicting[key] = merged(spans)
+        return union
 
 
-def _merged(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+def merged(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
     """Return the union of intervals as sorted, disjoint intervals."""
     merged: list[tuple[float, float]] = []
     for start, end in sorted(spans):

@@ -24,7 +24,7 @@ from typing import Final, final
 import pytest
 
 from .declarations import declaration_error
-from .events import Reason, TaskChanged, TaskState, TaskWaiting, WorkerChanged
+from .events import ENDED_WORDS, Reason, TaskChanged, TaskState, TaskWaiting, WorkerChanged
 from .resources import LockTable
 from .settings import settings_of
 
@@ -37,8 +37,7 @@ CANNOT_RUN: Final = "cannot run"
 INTERRUPTED: Final = "the run was interrupted"
 
 _REASONS: Final = {
-    Reason.CRASHED: "crashed",
-    Reason.TIMEOUT: "timed out",
+    **ENDED_WORDS,
     Reason.INVALID: CANNOT_RUN,
     Reason.IMPOSSIBLE: CANNOT_RUN,
 }

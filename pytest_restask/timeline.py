@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from .events import Reason
+from .events import ENDED_WORDS
 from .record import WORKERS_WAIT, RunRecord
 from .resources import Mode
 
@@ -41,8 +41,7 @@ RESOURCES_PID: Final = 2
 #: The series of a resource's counter, by the mode of its holders, and the modes as a slice names them.
 SERIES: Final = {Mode.EXCLUSIVE: "exclusive", Mode.SHARED: "shared", Mode.COUNTED: "slots"}
 MODES: Final = {Mode.EXCLUSIVE: "exclusive", Mode.SHARED: "shared", Mode.COUNTED: "counted"}
-#: A test's outcome when its worker died in it, its time ran out, or the run ended first.
-ENDED: Final = {Reason.CRASHED: "crashed", Reason.TIMEOUT: "timed out"}
+#: A test's outcome when the run ended before it did.
 INTERRUPTED: Final = "interrupted"
 
 
@@ -69,8 +68,8 @@ def trace(record: RunRecord, outcome: Callable[[int], str]) -> dict[str, Any]:
     # resources: (time, +1/-1 order, resource, series, amount)
     changes: list[tuple[float, int, str, str, int]] = []
     for task, attempt, start, end in slices:
-        if attempt.reason in ENDED:
-            word = ENDED[attempt.reason]
+        if attempt.reason in ENDED_WORDS:
+            word = ENDED_WORDS[attempt.reason]
         elif attempt.end is None and attempt.reason is None:
             word = INTERRUPTED
         else:
@@ -97,7 +96,7 @@ def trace(record: RunRecord, outcome: Callable[[int], str]) -> dict[str, Any]:
                 "args": args,
             }
         )
-        if attempt.reason in ENDED and attempt.ended is not None:
+        if attempt.reason in ENDED_WORDS and attempt.ended is not None:
             events.append(_instant(tids[attempt.worker], f"{word}: {task.name}", us(attempt.ended), {}))
     wait_id = 0
     for task in record.tasks.values():
