@@ -32,8 +32,13 @@ def survivors(pids: Iterable[int], within: float = 5.0) -> list[int]:
 
 
 def pids_in(directory: Path, pattern: str = "*.pid") -> list[int]:
-    """Return the pids written, one per file, as ``pattern`` in ``directory``."""
-    return [int(path.read_text()) for path in sorted(directory.glob(pattern))]
+    """Return the pids written, one per file, as ``pattern`` in ``directory``.
+
+    A file the test has opened but not written yet is empty: it is not
+    counted until it holds its pid (a wait for N pids sees it on its next look).
+    """
+    texts = [path.read_text() for path in sorted(directory.glob(pattern))]
+    return [int(text) for text in texts if text]
 
 
 def start_pytest(pytester: pytest.Pytester, *args: str) -> subprocess.Popen[bytes]:
